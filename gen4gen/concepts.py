@@ -1,0 +1,252 @@
+"""Concept discovery: folders of photos, class names, tokens and composition proposals."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .io import BadInput, check_concept_name, ensure_inside, load_photo, sha256_file
+
+CLASS_MAP_FILE = "prompts_and_classes.txt"
+_CLASS_LINE = re.compile(r"^\s*([^,{}'\"]+?)\s*,\s*([^,{}'\"]+?)\s*$")
+
+
+@dataclass
+class PhotoRecord:
+    file: str  # absolute path of the user's photo
+    name: str  # file name as the user gave it
+    stem: str  # file-name-safe stem used for outputs
+    sha256: str
+    width: int
+    height: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConceptRecord:
+    key: str  # partition key: file-name safe
+    name: str  # folder name as the user gave it
+    class_name: str
+    folder: str
+    token_index: int
+    photos: list[PhotoRecord]
+
+    @property
+    def data_version(self) -> str:
+        """Hash of the concept's photo bytes and class: changes exactly when its inputs do."""
+        digest = hashlib.sha256(self.class_name.encode())
+        for photo in sorted(self.photos, key=lambda p: p.name):
+            digest.update(photo.name.encode() + b"\0" + photo.sha256.encode())
+        return digest.hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        payload = asdict(self)
+        payload["data_version"] = self.data_version
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "ConceptRecord":
+        photos = [PhotoRecord(**p) for p in payload["photos"]]
+        fields = {k: payload[k] for k in ("key", "name", "class_name", "folder", "token_index")}
+        return cls(photos=photos, **fields)
+
+
+def read_class_map(path: Path) -> dict[str, str]:
+    """DreamBooth's ``subject,class`` lines (other lines of that file are ignored)."""
+    mapping: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = _CLASS_LINE.match(line)
+        if match and match.group(1).lower() != "subject_name":
+            mapping[match.group(1)] = match.group(2)
+    return mapping
+
+
+def class_from_folder(name: str) -> str:
+    """``coffee_cup`` -> ``coffee cup``; ``dog2`` -> ``dog`` (DreamBooth numbers repeat subjects)."""
+    words = re.sub(r"[_\-]+", " ", name).strip()
+    words = re.sub(r"\s*\d+$", "", words).strip()
+    return words or name
+
+
+def find_class_map(concepts_dir: Path, data_dir: Path, explicit: Path | None) -> Path | None:
+    for candidate in ([explicit] if explicit else []) + [concepts_dir / CLASS_MAP_FILE, data_dir / CLASS_MAP_FILE]:
+        if candidate and candidate.is_file():
+            return candidate
+    return None
+
+
+def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_map_file: Path | None = None,
+                      previous_tokens: dict[str, int] | None = None
+                      ) -> tuple[list[ConceptRecord], list[dict]]:
+    """Every concept folder with at least one usable photo, plus the problems found.
+
+    Problems (unreadable photos, empty folders, names escaping the data directory) are
+    returned as ``{"path", "reason"}`` records; they never stop the other concepts.
+    """
+    problems: list[dict] = []
+    if not concepts_dir.is_dir():
+        return [], [{"path": str(concepts_dir), "reason": "concepts folder does not exist"}]
+    class_map_path = find_class_map(concepts_dir, data_dir, class_map_file)
+    class_map = read_class_map(class_map_path) if class_map_path else {}
+    # The concepts folder itself may be a link (e.g. to a shared dataset); its children may not
+    # point outside it.
+    root = concepts_dir.resolve()
+    concepts: list[ConceptRecord] = []
+    seen_keys: dict[str, str] = {}
+    for folder in sorted(concepts_dir.iterdir(), key=lambda p: p.name):
+        if not folder.is_dir():
+            continue
+        try:
+            key = check_concept_name(folder.name)
+            ensure_inside(root, folder)
+        except BadInput as exc:
+            problems.append({"path": str(folder), "reason": exc.reason})
+            continue
+        if key in seen_keys:
+            problems.append({"path": str(folder), "reason": f"concept key {key!r} already used by folder {seen_keys[key]!r}; rename one"})
+            continue
+        photos = _load_photos(folder, root, input_config, problems)
+        if not photos:
+            problems.append({"path": str(folder), "reason": "concept folder has no usable images; skipped"})
+            continue
+        seen_keys[key] = folder.name
+        class_name = class_map.get(folder.name) or class_map.get(key) or class_from_folder(folder.name)
+        concepts.append(ConceptRecord(key=key, name=folder.name, class_name=class_name, folder=str(folder),
+                                      token_index=0, photos=photos))
+    assign_tokens(concepts, previous_tokens or {})
+    return concepts, problems
+
+
+def _load_photos(folder: Path, root: Path, input_config, problems: list[dict]) -> list[PhotoRecord]:
+    photos: list[PhotoRecord] = []
+    stems: set[str] = set()
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in input_config.image_extensions:
+            problems.append({"path": str(path), "reason": f"not an image file extension ({path.suffix or 'none'}); ignored"})
+            continue
+        try:
+            ensure_inside(root, path)
+            loaded = load_photo(path, input_config.min_photo_side, input_config.max_photo_megapixels,
+                                input_config.downscale_long_side)
+        except BadInput as exc:
+            problems.append({"path": str(path), "reason": exc.reason})
+            continue
+        stem = _unique_stem(path.stem, stems)
+        height, width = loaded.rgb.shape[:2]
+        photos.append(PhotoRecord(file=str(path.resolve()), name=path.name, stem=stem, sha256=sha256_file(path),
+                                  width=width, height=height, warnings=loaded.warnings))
+    return photos
+
+
+def _unique_stem(stem: str, taken: set[str]) -> str:
+    from .io import safe_key
+
+    base = safe_key(stem) or "photo"
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def assign_tokens(concepts: list[ConceptRecord], previous: dict[str, int]) -> None:
+    """Concepts keep the token index they had; new concepts take the next free ones.
+
+    Tokens never move when a concept is added, so captions already written stay valid.
+    """
+    used = set(previous.values())
+    next_index = max(used, default=0) + 1
+    for concept in concepts:
+        if concept.key in previous:
+            concept.token_index = previous[concept.key]
+        else:
+            concept.token_index = next_index
+            next_index += 1
+
+
+def composition_key(concept_keys) -> str:
+    return "+".join(sorted(concept_keys))
+
+
+def split_composition(key: str) -> list[str]:
+    return key.split("+")
+
+
+def propose_compositions(concept_keys: list[str], sizes: list[int], budget: int,
+                         explicit: list[str] | None = None) -> list[str]:
+    """Deterministic composition keys: pairs and triples, every concept covered first.
+
+    Candidates are ordered by a hash of their key, so the choice does not depend on folder
+    listing order, and adding a concept leaves earlier picks' relative order unchanged.
+    """
+    keys = sorted(set(concept_keys))
+    if explicit:
+        known = set(keys)
+        return [composition_key(split_composition(k)) for k in explicit if set(split_composition(k)) <= known]
+    by_size = [sorted((composition_key(c) for c in itertools.combinations(keys, size)),
+                      key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+               for size in sorted(set(sizes)) if 1 <= size <= len(keys)]
+    # Interleave sizes (pair, triple, pair, ...) so a small budget still mixes them.
+    candidates = [k for group in itertools.zip_longest(*by_size) for k in group if k]
+    chosen: list[str] = []
+    uncovered = set(keys)
+    # First pass: each pick must bring an uncovered concept, so every concept appears.
+    for candidate in candidates:
+        if len(chosen) >= budget or not uncovered:
+            break
+        members = set(split_composition(candidate))
+        if members & uncovered:
+            chosen.append(candidate)
+            uncovered -= members
+    for candidate in candidates:
+        if len(chosen) >= budget:
+            break
+        if candidate not in chosen:
+            chosen.append(candidate)
+    return sorted(chosen)
+
+
+def load_registry(path: Path) -> dict:
+    """The catalogue written by ``concept_images``; empty before the first run."""
+    from .io import read_json
+
+    return read_json(path) if path.is_file() else {"concepts": [], "compositions": [], "problems": []}
+
+
+def build_registry(config, previous: dict) -> dict:
+    """Discover concepts, propose compositions, keep every token index stable across runs."""
+    paths = config.paths
+    previous_tokens = {c["key"]: c["token_index"] for c in previous.get("concepts", [])}
+    previous_tokens.update(previous.get("retired_concept_tokens", {}))
+    concepts, problems = discover_concepts(paths.concepts, paths.data, config.input, paths.class_map_file,
+                                           previous_tokens)
+    keys = [c.key for c in concepts]
+    proposal = config.proposal
+    compositions = propose_compositions(keys, proposal.sizes, proposal.max_compositions, proposal.explicit)
+    old_comp_tokens = {c["key"]: c["token_index"] for c in previous.get("compositions", [])}
+    old_comp_tokens.update(previous.get("retired_composition_tokens", {}))
+    next_index = max(old_comp_tokens.values(), default=0) + 1
+    composition_records = []
+    for key in compositions:
+        index = old_comp_tokens.get(key)
+        if index is None:
+            index, next_index = next_index, next_index + 1
+        composition_records.append({"key": key, "concepts": split_composition(key), "token_index": index})
+    # Tokens of concepts/compositions that disappear are retired, never handed to another.
+    retired_concepts = {k: v for k, v in previous_tokens.items() if k not in keys}
+    retired_comps = {k: v for k, v in old_comp_tokens.items() if k not in compositions}
+    return {
+        "concepts": [c.to_dict() for c in concepts],
+        "compositions": composition_records,
+        "problems": problems,
+        "retired_concept_tokens": retired_concepts,
+        "retired_composition_tokens": retired_comps,
+    }
+
+
+def concept_lookup(registry: dict) -> dict[str, ConceptRecord]:
+    return {c["key"]: ConceptRecord.from_dict(c) for c in registry["concepts"]}

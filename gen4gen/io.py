@@ -1,0 +1,214 @@
+"""File handling shared by every stage: atomic writes, safe names, robust photo loading."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class BadInput(ValueError):
+    """A user file that cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+# ---------------------------------------------------------------- atomic writes
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over the target.
+
+    A crash at any point leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); outputs get the usual permissions instead.
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, payload) -> Path:
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def encode_png(image: Image.Image | np.ndarray, compress_level: int = 6) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    # No timestamps or other varying chunks: the same pixels give the same bytes.
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def atomic_write_png(path: str | os.PathLike, image: Image.Image | np.ndarray, compress_level: int = 6) -> Path:
+    return atomic_write_bytes(path, encode_png(image, compress_level))
+
+
+def read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def remove_stale_files(folder: Path, keep: set[str]) -> list[str]:
+    """Delete files in ``folder`` whose names are not in ``keep`` (after new ones are written)."""
+    removed = []
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file() and entry.name not in keep:
+                entry.unlink()
+                removed.append(entry.name)
+    return removed
+
+
+# ---------------------------------------------------------------- names, hashes, seeds
+_UNSAFE = re.compile(r"[^\w\-]+", re.UNICODE)
+
+
+def safe_key(name: str) -> str:
+    """A partition-key and file-name safe form of a user-supplied name.
+
+    Keeps Unicode letters and digits (``café`` stays ``café``), maps spaces and punctuation
+    to ``_``. ``+`` is reserved for joining concept keys into composition keys.
+    """
+    normalised = unicodedata.normalize("NFC", name).strip()
+    key = _UNSAFE.sub("_", normalised).strip("_")
+    return key
+
+
+def check_concept_name(name: str) -> str:
+    """Validate a concept name given by a user; returns its key or raises BadInput."""
+    if not name or not name.strip():
+        raise BadInput(name, "concept name is empty")
+    if "/" in name or "\\" in name or name.strip() in {".", ".."} or ".." in Path(name).parts:
+        raise BadInput(name, "concept name contains a path separator or '..' and would escape the data directory")
+    key = safe_key(name)
+    if not key:
+        raise BadInput(name, "concept name has no letters or digits")
+    return key
+
+
+def ensure_inside(base: Path, candidate: Path) -> Path:
+    """Resolve ``candidate`` (following links) and require it to stay inside ``base``."""
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(base.resolve()):
+        raise BadInput(candidate, f"resolves to {resolved}, outside the data directory {base.resolve()}")
+    return resolved
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (global seed, composition key, image index...)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+# ---------------------------------------------------------------- photo loading
+@dataclass
+class LoadedPhoto:
+    path: Path
+    rgb: np.ndarray  # HxWx3 uint8
+    alpha: np.ndarray | None  # HxW uint8 when the file had real transparency
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: float = 50.0,
+               downscale_long_side: int = 2048) -> LoadedPhoto:
+    """Load any common photo as 8-bit RGB (+ alpha when it has transparency).
+
+    Handles EXIF rotation, CMYK, greyscale, 16-bit, palette and RGBA files. Raises
+    BadInput naming the file for unreadable, truncated, tiny or absurdly large images.
+    """
+    path = Path(path)
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            width, height = image.size
+            megapixels = width * height / 1e6
+            if min(width, height) < min_side:
+                raise BadInput(path, f"image is {width}x{height} px, smaller than the {min_side} px minimum side")
+            if megapixels > max_megapixels:
+                notes.append(
+                    f"{path}: {megapixels:.1f} MP is above the {max_megapixels:g} MP limit; "
+                    f"downscaled to {downscale_long_side} px on the long side")
+                if image.format == "JPEG":
+                    image.draft("RGB", (downscale_long_side, downscale_long_side))
+            image.load()
+    except BadInput:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise BadInput(path, f"image is too large to decode safely ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadInput(path, "not a readable image (unknown or corrupt format)") from exc
+    except OSError as exc:
+        raise BadInput(path, f"cannot decode image, the file is truncated or corrupt ({exc})") from exc
+    except Exception as exc:  # decoder bugs on hostile files must not stop the batch
+        raise BadInput(path, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() or 1.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        notes.append(f"{path}: 16-bit or float image converted to 8-bit")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "PA"):
+        image = image.convert("RGBA")
+    alpha = None
+    if image.mode == "RGBA":
+        alpha_array = np.asarray(image.getchannel("A"))
+        if alpha_array.min() < 250:
+            alpha = alpha_array.copy()
+    rgb_image = image.convert("RGB")
+    if max(rgb_image.size) > downscale_long_side and rgb_image.width * rgb_image.height / 1e6 > max_megapixels:
+        scale = downscale_long_side / max(rgb_image.size)
+        new_size = (max(1, round(rgb_image.width * scale)), max(1, round(rgb_image.height * scale)))
+        rgb_image = rgb_image.resize(new_size, Image.Resampling.LANCZOS)
+        if alpha is not None:
+            alpha = np.asarray(Image.fromarray(alpha).resize(new_size, Image.Resampling.BILINEAR))
+    return LoadedPhoto(path=path, rgb=np.ascontiguousarray(np.asarray(rgb_image)), alpha=alpha, warnings=notes)

@@ -1,0 +1,35 @@
+"""Thumbnail grids: the contact sheet of the report and inline previews in Dagster metadata."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def thumbnail_grid(images: list[Image.Image | np.ndarray], thumb: int, columns: int,
+                   background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Images fitted into ``thumb``-sized cells, ``columns`` per row."""
+    columns = max(1, min(columns, len(images) or 1))
+    rows = max(1, -(-len(images) // columns))
+    sheet = Image.new("RGB", (columns * thumb, rows * thumb), background)
+    for i, image in enumerate(images):
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        image = image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image.convert("RGB")
+        image.thumbnail((thumb, thumb), Image.Resampling.BILINEAR)
+        x = (i % columns) * thumb + (thumb - image.width) // 2
+        y = (i // columns) * thumb + (thumb - image.height) // 2
+        sheet.paste(image, (x, y), image if image.mode == "RGBA" else None)
+    return sheet
+
+
+def markdown_thumbnails(images: list, thumb: int = 128, columns: int = 4) -> str:
+    """A small inline JPEG grid as Markdown, for materialisation metadata in the UI."""
+    if not images:
+        return "_no images_"
+    buffer = io.BytesIO()
+    thumbnail_grid(images, thumb, columns).save(buffer, format="JPEG", quality=70)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"![preview](data:image/jpeg;base64,{encoded})"

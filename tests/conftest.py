@@ -1,0 +1,73 @@
+"""Shared fixtures: synthetic concept photos (no downloads) and a small project configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+SMALL_CONFIG = """
+seed = 7
+[proposal]
+max_compositions = 4
+[layout]
+images_per_composition = 3
+[composition]
+canvas_size = 256
+[report]
+contact_sheet_thumb = 64
+"""
+
+
+def object_photo(shape: str, colour: tuple[int, int, int], size=(200, 160), seed: int = 0,
+                 transparent: bool = True) -> Image.Image:
+    """A textured object on a transparent (or plain grey) background, with its true mask."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    box = (int(width * 0.2), int(height * 0.15), int(width * 0.8), int(height * 0.9))
+    if shape == "ellipse":
+        draw.ellipse(box, fill=255)
+    elif shape == "triangle":
+        draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=255)
+    else:
+        draw.rounded_rectangle(box, radius=12, fill=255)
+    texture = np.clip(np.array(colour, np.float32) + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    if transparent:
+        return Image.fromarray(np.dstack([texture, np.asarray(mask)]), "RGBA")
+    background = np.full((height, width, 3), 200, np.uint8)
+    m = np.asarray(mask)[..., None] > 0
+    return Image.fromarray(np.where(m, texture, background))
+
+
+def make_concepts(concepts_dir: Path, spec: dict[str, list[tuple[str, tuple[int, int, int]]]]) -> None:
+    for index, (name, photos) in enumerate(spec.items()):
+        folder = concepts_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, (shape, colour) in enumerate(photos):
+            object_photo(shape, colour, seed=index * 10 + k).save(folder / f"photo {k}.png")
+
+
+@pytest.fixture
+def small_project(tmp_path, monkeypatch):
+    """A data folder with three synthetic concepts and a small configuration file."""
+    data = tmp_path / "data"
+    make_concepts(data / "concepts", {
+        "red_ball": [("ellipse", (200, 40, 40)), ("ellipse", (180, 60, 50))],
+        "blue box": [("rect", (40, 60, 200))],
+        "green_cone": [("triangle", (40, 170, 60))],
+    })
+    config_file = tmp_path / "gen4gen.toml"
+    config_file.write_text(SMALL_CONFIG + f'\ndata_dir = "{data}"\n'.replace("\\", "/"), encoding="utf-8")
+    monkeypatch.delenv("GEN4GEN_CONFIG", raising=False)
+    monkeypatch.delenv("GEN4GEN_DATA_DIR", raising=False)
+    return tmp_path, data, config_file
+
+
+def requires_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared is not beside this checkout)")
