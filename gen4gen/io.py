@@ -163,6 +163,7 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
     """
     path = Path(path)
     notes: list[str] = []
+    too_large = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -172,6 +173,7 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
             if min(width, height) < min_side:
                 raise BadInput(path, f"image is {width}x{height} px, smaller than the {min_side} px minimum side")
             if megapixels > max_megapixels:
+                too_large = True
                 notes.append(
                     f"{path}: {megapixels:.1f} MP is above the {max_megapixels:g} MP limit; "
                     f"downscaled to {downscale_long_side} px on the long side")
@@ -192,7 +194,8 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
+        # 16-bit data spans 0..65535: scale by that, so brightness is kept (not stretched to the maximum).
+        top = 65535.0 if image.mode.startswith("I;16") else (array.max() or 1.0)
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         notes.append(f"{path}: 16-bit or float image converted to 8-bit")
     if image.mode == "P":
@@ -205,7 +208,8 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
         if alpha_array.min() < 250:
             alpha = alpha_array.copy()
     rgb_image = image.convert("RGB")
-    if max(rgb_image.size) > downscale_long_side and rgb_image.width * rgb_image.height / 1e6 > max_megapixels:
+    # Decided on the file's size: a JPEG draft may already have shrunk it below the limit, not to the target.
+    if too_large and max(rgb_image.size) > downscale_long_side:
         scale = downscale_long_side / max(rgb_image.size)
         new_size = (max(1, round(rgb_image.width * scale)), max(1, round(rgb_image.height * scale)))
         rgb_image = rgb_image.resize(new_size, Image.Resampling.LANCZOS)

@@ -9,16 +9,14 @@ from .composition import composed_images
 from .concepts import concept_images
 from .layouts import layouts
 from .mycanvas import mycanvas, mycanvas_files_match_metadata
-from .partitions import composition_partitions, concept_partitions
 from .recolouring import recoloured_images
 from .report import evaluation_report
 from .segmentation import segmented_foregrounds
 
 # Jobs group assets that share a partitioning; `gen4gen materialize` runs them in order.
 catalogue_job = define_asset_job("catalogue_concepts", selection=[concept_images])
-segment_job = define_asset_job("segment_concepts", selection=[segmented_foregrounds], partitions_def=concept_partitions)
-compositions_job = define_asset_job("build_compositions", selection=[layouts, composed_images, recoloured_images, captions],
-                                    partitions_def=composition_partitions)
+segment_job = define_asset_job("segment_concepts", selection=[segmented_foregrounds])
+compositions_job = define_asset_job("build_compositions", selection=[layouts, composed_images, recoloured_images, captions])
 publish_job = define_asset_job("publish_dataset", selection=[mycanvas, evaluation_report])
 
 

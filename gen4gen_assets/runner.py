@@ -23,7 +23,11 @@ class RunSummary:
 def _failure_message(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip()
+            error = event.step_failure_data.error
+            # The user's exception is the cause of Dagster's step-execution wrapper.
+            while error.cause is not None:
+                error = error.cause
+            return error.message.strip()
     return "run failed"
 
 

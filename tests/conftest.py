@@ -63,7 +63,8 @@ def small_project(tmp_path, monkeypatch):
         "green_cone": [("triangle", (40, 170, 60))],
     })
     config_file = tmp_path / "gen4gen.toml"
-    config_file.write_text(SMALL_CONFIG + f'\ndata_dir = "{data}"\n'.replace("\\", "/"), encoding="utf-8")
+    # Top-level keys must come before the first [section] in TOML.
+    config_file.write_text(f'data_dir = "{data.as_posix()}"\n' + SMALL_CONFIG, encoding="utf-8")
     monkeypatch.delenv("GEN4GEN_CONFIG", raising=False)
     monkeypatch.delenv("GEN4GEN_DATA_DIR", raising=False)
     return tmp_path, data, config_file
