@@ -1,0 +1,132 @@
+"""Time each pipeline stage on DreamBooth subjects; print images/s per stage and peak memory.
+
+    .venv/bin/python bench/bench_stages.py [--concepts 6] [--photos 2] [--rounds 3]
+
+Reads ../shared/data/dreambooth (never copied into the repository). Runs the stage
+functions directly, as the assets do, on a temporary data folder. Targets (2-core CPU):
+composition + recolouring + captions under 0.3 s per 1024x1024 image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gen4gen.concepts import build_registry, concept_lookup, load_registry  # noqa: E402
+from gen4gen.config import PROJECT_ROOT  # noqa: E402
+from gen4gen.io import atomic_write_json  # noqa: E402
+from gen4gen.scenes import discover_scene_bank  # noqa: E402
+from gen4gen.stages import (caption_composition, compose_composition, export_mycanvas, plan_composition,  # noqa: E402
+                            recolour_composition, segment_concept)
+from resources.layout import LayoutPlannerResource  # noqa: E402
+from resources.settings import PipelineSettings  # noqa: E402
+
+DREAMBOOTH = ROOT.parent / "shared" / "data" / "dreambooth"
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concepts", type=int, default=6)
+    parser.add_argument("--photos", type=int, default=2, help="photos per concept")
+    parser.add_argument("--rounds", type=int, default=3, help="segmentation rounds (paper: 3)")
+    parser.add_argument("--compositions", type=int, default=8)
+    parser.add_argument("--images", type=int, default=6, help="images per composition")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if not DREAMBOOTH.is_dir():
+        print(f"{DREAMBOOTH} is absent: the benchmark needs ../shared/data/dreambooth", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="gen4gen-bench-"))
+    try:
+        concepts_dir = work / "data" / "concepts"
+        subjects = sorted(p for p in DREAMBOOTH.iterdir() if p.is_dir())[:args.concepts]
+        for subject in subjects:
+            (concepts_dir / subject.name).mkdir(parents=True)
+            for photo in sorted(subject.iterdir())[:args.photos]:
+                shutil.copy(photo, concepts_dir / subject.name / photo.name)
+        shutil.copy(DREAMBOOTH / "prompts_and_classes.txt", concepts_dir / "prompts_and_classes.txt")
+        config_file = work / "gen4gen.toml"
+        config_file.write_text(
+            f'data_dir = "{(work / "data").as_posix()}"\n[segmentation]\nrounds = {args.rounds}\n'
+            f"[proposal]\nmax_compositions = {args.compositions}\n"
+            f"[layout]\nimages_per_composition = {args.images}\n", encoding="utf-8")
+        settings = PipelineSettings(config_file=str(config_file))
+        config = settings.config
+        paths = config.paths
+        timings: dict[str, dict] = {}
+
+        start = time.perf_counter()
+        registry = build_registry(config, load_registry(paths.registry))
+        atomic_write_json(paths.registry, registry)
+        timings["catalogue"] = {"seconds": time.perf_counter() - start, "items": sum(len(c["photos"]) for c in registry["concepts"])}
+
+        from gen4gen.segmentation import Segmenter
+
+        segmenter = Segmenter(config.segmentation, PROJECT_ROOT)
+        start = time.perf_counter()
+        photos = 0
+        for concept in concept_lookup(registry).values():
+            photos += len(segment_concept(concept, segmenter, paths.segmented(concept.key), config).manifest["photos"])
+        timings["segmentation"] = {"seconds": time.perf_counter() - start, "items": photos,
+                                   "backend": segmenter.backend_name}
+
+        from gen4gen.captions import LayoutRetellingCaptioner
+        from gen4gen.recolour import SceneBankRepainter
+
+        planner = LayoutPlannerResource(settings=settings)
+        scenes = discover_scene_bank(paths.backgrounds, config.input.image_extensions)
+        repainter = SceneBankRepainter(scenes, config.recolour)
+        captioner = LayoutRetellingCaptioner()
+        compositions = [c["key"] for c in registry["compositions"]]
+        stage_seconds = {"layouts": 0.0, "composition": 0.0, "recolouring": 0.0, "captions": 0.0}
+        for key in compositions:
+            for stage, run in (("layouts", lambda: plan_composition(key, registry, config, planner, scenes)),
+                               ("composition", lambda: compose_composition(key, config)),
+                               ("recolouring", lambda: recolour_composition(key, config, repainter)),
+                               ("captions", lambda: caption_composition(key, registry, config, captioner))):
+                began = time.perf_counter()
+                run()
+                stage_seconds[stage] += time.perf_counter() - began
+        images = len(compositions) * args.images
+        for stage, seconds in stage_seconds.items():
+            timings[stage] = {"seconds": seconds, "items": images}
+        start = time.perf_counter()
+        exported = export_mycanvas(registry, config).manifest
+        timings["mycanvas"] = {"seconds": time.perf_counter() - start, "items": images}
+
+        per_image = (stage_seconds["composition"] + stage_seconds["recolouring"] + stage_seconds["captions"]) / images
+        print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+        print(f"{len(subjects)} DreamBooth concepts x {args.photos} photos, {len(compositions)} compositions x "
+              f"{args.images} images at {config.composition.canvas_size}px; accepted {exported['accepted']}, "
+              f"rejected {exported['rejected']}")
+        print(f"{'stage':<14}{'items':>7}{'seconds':>10}{'items/s':>10}")
+        for stage, row in timings.items():
+            rate = row["items"] / row["seconds"] if row["seconds"] else float("inf")
+            row["items_per_second"] = round(rate, 3)
+            print(f"{stage:<14}{row['items']:>7}{row['seconds']:>10.2f}{rate:>10.2f}")
+        print(f"composition + recolouring + captions: {per_image:.3f} s per image (target <= 0.3)")
+        print(f"peak RSS: {peak_rss_mib():.0f} MiB")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"stages": timings, "compose_recolour_caption_s_per_image": per_image,
+                                                   "peak_rss_mib": peak_rss_mib()}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
