@@ -72,7 +72,8 @@ def _fit_into_box(cutout: Cutout, box) -> Image.Image:
     height, width = cutout.rgba.shape[:2]
     scale = min((x1 - x0) / width, (y1 - y0) / height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return Image.fromarray(cutout.rgba, "RGBA").resize(size, Image.Resampling.LANCZOS)
+    # reducing_gap: a cheap box reduction first, then Lanczos; same look, several times faster.
+    return Image.fromarray(cutout.rgba, "RGBA").resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def compose(cutouts: list[Cutout], boxes: list[tuple[int, int, int, int]], canvas: int,
@@ -95,7 +96,8 @@ def compose(cutouts: list[Cutout], boxes: list[tuple[int, int, int, int]], canva
         if aug.flip:
             piece = piece.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if aug.rotation:
-            piece = piece.rotate(aug.rotation, resample=Image.Resampling.BICUBIC, expand=True)
+            # Bilinear is indistinguishable from bicubic at +-5 degrees and twice as fast.
+            piece = piece.rotate(aug.rotation, resample=Image.Resampling.BILINEAR, expand=True)
         array = np.asarray(piece, np.float32)
         h, w = array.shape[:2]
         # Centre horizontally in the box, stand on its bottom edge, then shift.

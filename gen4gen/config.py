@@ -117,9 +117,11 @@ class FilterConfig(_Section):
     min_inside_fraction: float = 0.97
     # Visible object pixels as a fraction of the canvas.
     min_area_fraction: float = 0.01
-    # Mask pixels / box pixels: too low is a speck, too high a filled rectangle (failed cutout).
+    # Mask pixels / their bounding box: below this the "object" is specks or a thin outline.
     min_mask_fill: float = 0.08
-    max_mask_fill: float = 0.985
+    # Mask pixels / source photo pixels: a mask covering nearly the whole photo means the
+    # segmentation kept the background (a box photographed head-on still passes).
+    max_frame_fraction: float = 0.97
 
 
 class ReportConfig(_Section):

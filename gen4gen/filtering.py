@@ -37,8 +37,12 @@ def check_image(objects: list[dict], config) -> CheckOutcome:
             reasons.append(f"{name}: visible area {stats['area_fraction']:.2%} of the canvas is below "
                            f"min_area_fraction {config.min_area_fraction:.2%}")
             codes.append("too_small")
-        if not config.min_mask_fill <= stats["mask_fill"] <= config.max_mask_fill:
-            reasons.append(f"{name}: degenerate mask, it fills {stats['mask_fill']:.0%} of its box "
-                           f"(allowed {config.min_mask_fill:.0%}-{config.max_mask_fill:.0%})")
+        if stats["mask_fill"] < config.min_mask_fill:
+            reasons.append(f"{name}: degenerate mask, it fills only {stats['mask_fill']:.0%} of its box "
+                           f"(min_mask_fill {config.min_mask_fill:.0%})")
+            codes.append("degenerate_mask")
+        if stats.get("frame_fraction", 0.0) > config.max_frame_fraction:
+            reasons.append(f"{name}: degenerate mask, it covers {stats['frame_fraction']:.0%} of its photo, "
+                           f"so the background was kept (max_frame_fraction {config.max_frame_fraction:.0%})")
             codes.append("degenerate_mask")
     return CheckOutcome(not reasons, reasons, scores, codes)

@@ -162,7 +162,8 @@ def test_prompt_strategies():
 
 
 def _obj(name, **stats):
-    base = {"visible_fraction": 1.0, "inside_fraction": 1.0, "area_fraction": 0.05, "mask_fill": 0.6}
+    base = {"visible_fraction": 1.0, "inside_fraction": 1.0, "area_fraction": 0.05, "mask_fill": 0.6,
+            "frame_fraction": 0.3}
     base.update(stats)
     return {"concept": name, "stats": base}
 
@@ -171,7 +172,7 @@ def _obj(name, **stats):
     ({"visible_fraction": 0.3}, "occluded"),
     ({"inside_fraction": 0.8}, "truncated"),
     ({"area_fraction": 0.001}, "too_small"),
-    ({"mask_fill": 0.999}, "degenerate_mask"),
+    ({"frame_fraction": 0.995}, "degenerate_mask"),
     ({"mask_fill": 0.01}, "degenerate_mask"),
 ])
 def test_checks_reject_with_reasons(stats, code):
@@ -183,6 +184,8 @@ def test_checks_reject_with_reasons(stats, code):
 
 def test_checks_accept_good_images_and_follow_thresholds():
     assert check_image([_obj("a"), _obj("b")], FilterConfig()).accepted
+    # A box seen head-on fills its bounding box completely and is still a good object.
+    assert check_image([_obj("box", mask_fill=1.0, frame_fraction=0.4)], FilterConfig()).accepted
     strict = FilterConfig(min_area_fraction=0.1)
     assert check_image([_obj("a")], strict).codes == ["too_small"]
     assert check_image([], FilterConfig()).codes == ["no_objects"]
