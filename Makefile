@@ -5,15 +5,22 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup weights demo test ui bench clean
+.PHONY: setup setup-paper weights demo test ui bench clean
 
+# The embedded default needs no deep-learning framework; the paper's models (and the tests of
+# their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+setup-paper: $(VENV)/.installed-paper $(DAGSTER_HOME)/dagster.yaml
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run: make PYTHON=python3 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-paper: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,paper]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:
@@ -29,7 +36,7 @@ demo: setup weights
 	$(BIN)/gen4gen demo-data
 	$(BIN)/gen4gen materialize
 
-test: setup weights
+test: setup-paper weights
 	$(BIN)/python -m pytest -q
 
 ui: setup
