@@ -4,8 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_OFFLINE := 1
+# `make demo PROFILE=paper` runs the paper's models (README: "The paper profile"). Without
+# PROFILE, the environment variable GEN4GEN_PROFILE or the configuration's `profile` decides (default: embedded).
+ifdef PROFILE
+export GEN4GEN_PROFILE := $(PROFILE)
+endif
+# Limit of the Dagster concurrency pool `gpu` (segmentation, repainting, captioning steps): one
+# step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
+GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights demo test ui bench clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -23,20 +31,49 @@ $(VENV)/.installed-paper: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,paper]'
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml:
+# Rewritten when this Makefile changes. Pools: steps of assets with pool="gpu" wait for a free
+# slot (op granularity); `dagster instance concurrency set gpu N` changes the limit afterwards.
+$(DAGSTER_HOME)/dagster.yaml: Makefile
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: %s\n    granularity: op\n' $(GPU_COUNT) > $@
 
 # IS-Net (the paper's DIS model) as ONNX, from the npm package @imgly/background-removal-data
 # (AGPL-3.0). Without it segmentation falls back to GrabCut, loudly.
 weights: setup
 	$(BIN)/gen4gen fetch-weights || echo "WARNING: IS-Net weights unavailable; segmentation will use GrabCut"
 
-demo: setup weights
+# DVC (versions of the data; README: "Versions of the data (DVC)") lives in its own environment:
+# its dependencies (hydra-core's antlr4 pin) break Dagster's asset selection when both share one.
+# `make dvc-setup DVC_EXTRAS=s3,gs` adds remote plugins (dvc-s3, dvc-gs, ...).
+DVC_VENV := .venv-dvc
+DVC_VERSION := 3.67.1
+DVC_EXTRAS ?=
+comma := ,
+DVC_STAMP := $(DVC_VENV)/.installed-$(DVC_VERSION)$(if $(DVC_EXTRAS),-$(subst $(comma),-,$(DVC_EXTRAS)))
+dvc-env: $(DVC_STAMP)
+
+$(DVC_STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run: make PYTHON=python3 ..."; exit 1; }
+	$(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/pip install --quiet 'dvc$(if $(DVC_EXTRAS),[$(DVC_EXTRAS)])==$(DVC_VERSION)'
+	touch $@
+
+# The DVC repository is the checkout (.dvc/ and dvc.yaml are tracked); this writes the machine's
+# settings (hard-linked cache) to .dvc/config.local and a default local remote, .dvc-remote/,
+# unless a remote is configured.
+dvc-setup: setup dvc-env
+	$(BIN)/gen4gen dvc setup
+
+# The paper profile needs the `paper` extra (torch, diffusers, transformers), not the ONNX
+# weights; `gen4gen check-weights` stops before any run when a model's weights are missing.
+DEMO_SETUP := $(if $(filter paper,$(GEN4GEN_PROFILE)),setup-paper,setup weights)
+demo: $(DEMO_SETUP)
+	$(BIN)/gen4gen check-weights
+	$(MAKE) dvc-setup || echo "WARNING: DVC is not set up; the data will not be versioned (make dvc-setup)"
 	$(BIN)/gen4gen demo-data
 	$(BIN)/gen4gen materialize
 
-test: setup-paper weights
+test: setup-paper weights dvc-env
 	$(BIN)/python -m pytest -q
 
 ui: setup
@@ -44,6 +81,10 @@ ui: setup
 
 bench: setup weights
 	$(BIN)/python bench/bench_stages.py
+
+# Committing 10,000 1024² PNGs to DVC (about 20 GB of scratch space under /tmp; --help for options).
+bench-dvc: setup dvc-env
+	$(BIN)/python bench/bench_dvc.py
 
 clean:
 	rm -rf data/build data/mycanvas data/reports $(DAGSTER_HOME)

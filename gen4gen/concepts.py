@@ -22,6 +22,8 @@ class PhotoRecord:
     width: int
     height: int
     warnings: list[str] = field(default_factory=list)
+    size: int = 0  # bytes and modification time: an unchanged file is not decoded again
+    mtime_ns: int = 0
 
 
 @dataclass
@@ -78,7 +80,8 @@ def find_class_map(concepts_dir: Path, data_dir: Path, explicit: Path | None) ->
 
 
 def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_map_file: Path | None = None,
-                      previous_tokens: dict[str, int] | None = None
+                      previous_tokens: dict[str, int] | None = None,
+                      previous_photos: dict[str, PhotoRecord] | None = None
                       ) -> tuple[list[ConceptRecord], list[dict]]:
     """Every concept folder with at least one usable photo, plus the problems found.
 
@@ -107,7 +110,7 @@ def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_ma
         if key in seen_keys:
             problems.append({"path": str(folder), "reason": f"concept key {key!r} already used by folder {seen_keys[key]!r}; rename one"})
             continue
-        photos = _load_photos(folder, root, input_config, problems)
+        photos = _load_photos(folder, root, input_config, problems, previous_photos or {})
         if not photos:
             problems.append({"path": str(folder), "reason": "concept folder has no usable images; skipped"})
             continue
@@ -119,7 +122,8 @@ def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_ma
     return concepts, problems
 
 
-def _load_photos(folder: Path, root: Path, input_config, problems: list[dict]) -> list[PhotoRecord]:
+def _load_photos(folder: Path, root: Path, input_config, problems: list[dict],
+                 previous: dict[str, PhotoRecord]) -> list[PhotoRecord]:
     photos: list[PhotoRecord] = []
     stems: set[str] = set()
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
@@ -130,6 +134,12 @@ def _load_photos(folder: Path, root: Path, input_config, problems: list[dict]) -
             continue
         try:
             ensure_inside(root, path)
+            stat = path.stat()
+            known = previous.get(str(path.resolve()))
+            if known and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and known.stem not in stems:
+                photos.append(known)  # unchanged since the last catalogue: no need to decode it again
+                stems.add(known.stem)
+                continue
             loaded = load_photo(path, input_config.min_photo_side, input_config.max_photo_megapixels,
                                 input_config.downscale_long_side)
         except BadInput as exc:
@@ -138,7 +148,8 @@ def _load_photos(folder: Path, root: Path, input_config, problems: list[dict]) -
         stem = _unique_stem(path.stem, stems)
         height, width = loaded.rgb.shape[:2]
         photos.append(PhotoRecord(file=str(path.resolve()), name=path.name, stem=stem, sha256=sha256_file(path),
-                                  width=width, height=height, warnings=loaded.warnings))
+                                  width=width, height=height, warnings=loaded.warnings, size=stat.st_size,
+                                  mtime_ns=stat.st_mtime_ns))
     return photos
 
 
@@ -210,6 +221,23 @@ def propose_compositions(concept_keys: list[str], sizes: list[int], budget: int,
     return sorted(chosen)
 
 
+def extend_compositions(previous: list[str], concept_keys: list[str], new_concepts: list[str], sizes: list[int],
+                        per_new_concept: int) -> list[str]:
+    """Keep the compositions whose concepts all remain; add some for each new concept.
+
+    Candidates for a new concept are the compositions that include it, in the same
+    hash order as the first proposal, so the result does not depend on listing order.
+    """
+    present = set(concept_keys)
+    chosen = [k for k in previous if set(split_composition(k)) <= present]
+    for concept in sorted(new_concepts):
+        candidates = [k for k in propose_compositions(concept_keys, sizes, budget=10**9)
+                      if concept in split_composition(k) and k not in chosen]
+        by_hash = sorted(candidates, key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+        chosen += by_hash[:per_new_concept]
+    return sorted(chosen)
+
+
 def load_registry(path: Path) -> dict:
     """The catalogue written by ``concept_images``; empty before the first run."""
     from .io import read_json
@@ -222,11 +250,18 @@ def build_registry(config, previous: dict) -> dict:
     paths = config.paths
     previous_tokens = {c["key"]: c["token_index"] for c in previous.get("concepts", [])}
     previous_tokens.update(previous.get("retired_concept_tokens", {}))
+    previous_photos = {p["file"]: PhotoRecord(**p) for c in previous.get("concepts", []) for p in c["photos"]}
     concepts, problems = discover_concepts(paths.concepts, paths.data, config.input, paths.class_map_file,
-                                           previous_tokens)
+                                           previous_tokens, previous_photos)
     keys = [c.key for c in concepts]
     proposal = config.proposal
-    compositions = propose_compositions(keys, proposal.sizes, proposal.max_compositions, proposal.explicit)
+    previous_keys = [c["key"] for c in previous.get("concepts", [])]
+    if proposal.explicit or not previous.get("compositions"):
+        compositions = propose_compositions(keys, proposal.sizes, proposal.max_compositions, proposal.explicit)
+    else:
+        compositions = extend_compositions([c["key"] for c in previous["compositions"]], keys,
+                                           [k for k in keys if k not in previous_keys], proposal.sizes,
+                                           proposal.per_new_concept)
     old_comp_tokens = {c["key"]: c["token_index"] for c in previous.get("compositions", [])}
     old_comp_tokens.update(previous.get("retired_composition_tokens", {}))
     next_index = max(old_comp_tokens.values(), default=0) + 1
@@ -240,6 +275,7 @@ def build_registry(config, previous: dict) -> dict:
     retired_concepts = {k: v for k, v in previous_tokens.items() if k not in keys}
     retired_comps = {k: v for k, v in old_comp_tokens.items() if k not in compositions}
     return {
+        "fingerprint": folder_fingerprint(paths.concepts, paths.data, paths.class_map_file),
         "concepts": [c.to_dict() for c in concepts],
         "compositions": composition_records,
         "problems": problems,
@@ -250,3 +286,23 @@ def build_registry(config, previous: dict) -> dict:
 
 def concept_lookup(registry: dict) -> dict[str, ConceptRecord]:
     return {c["key"]: ConceptRecord.from_dict(c) for c in registry["concepts"]}
+
+
+def folder_fingerprint(concepts_dir: Path, data_dir: Path, class_map_file: Path | None = None) -> str:
+    """A cheap hash of what the concepts folder holds (names, sizes, modification times).
+
+    The sensor compares it between ticks: any added, changed or removed photo or folder, or
+    an edited class map, changes it without reading a single image.
+    """
+    digest = hashlib.sha256()
+    if concepts_dir.is_dir():
+        for folder in sorted(concepts_dir.iterdir(), key=lambda p: p.name):
+            if folder.is_dir():
+                for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+                    if entry.is_file():
+                        stat = entry.stat()
+                        digest.update(f"{folder.name}/{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    class_map = find_class_map(concepts_dir, data_dir, class_map_file)
+    if class_map:
+        digest.update(class_map.read_bytes())
+    return digest.hexdigest()[:16]

@@ -55,12 +55,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def write_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """Atomically write ``data`` unless the file already holds exactly these bytes.
+
+    Unchanged outputs keep their modification time, so incremental rebuilds and file
+    watchers (DVC, rsync) see only what really changed.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_bytes(payload) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike, payload) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return atomic_write_bytes(path, json_bytes(payload))
 
 
 def encode_png(image: Image.Image | np.ndarray, compress_level: int = 6) -> bytes:

@@ -149,26 +149,13 @@ class Segmenter:
         }
 
     def segment(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> SegmentationResult:
-        config = self.config
-        rgb = _check_rgb(rgb)
-        notes: list[str] = []
-        if alpha is not None and config.use_existing_alpha:
-            soft, backend, rounds_run = _unit_alpha(alpha, rgb.shape[:2]), "existing_alpha", 0
-        elif self._has_weights:
-            if self._model is None:
-                self._model = IsNetOnnx(self.weights_path, threads=config.threads)
-            soft, rounds_run = iterative_segment(rgb, self._model.predict, config.rounds,
-                                                 config.converge_iou, config.mask_threshold)
-            backend = "isnet_onnx"
-        else:
-            soft = grabcut_mask(rgb, config.grabcut_margin, config.grabcut_iterations)
-            backend, rounds_run = "grabcut", 1
-            notes.append(self.fallback_warning)
-        alpha8, mask = _finish(soft, config.mask_threshold)
-        if not mask.any():
-            notes.append(f"{backend} found no foreground object (no pixel at or above "
-                         f"alpha {config.mask_threshold:g})")
-        return SegmentationResult(alpha=alpha8, mask=mask, backend=backend, rounds_run=rounds_run, warnings=notes)
+        return segment_photo(rgb, alpha, self.config, "isnet_onnx",
+                             self._predictor if self._has_weights else None, self.fallback_warning)
+
+    def _predictor(self):
+        if self._model is None:
+            self._model = IsNetOnnx(self.weights_path, threads=self.config.threads)
+        return self._model.predict
 
     def _weights_digest(self) -> str:
         if self._weights_sha256 is None:
@@ -176,6 +163,28 @@ class Segmenter:
             recorded = read_json(sidecar).get("sha256") if sidecar.is_file() else None
             self._weights_sha256 = recorded or sha256_file(self.weights_path)
         return self._weights_sha256
+
+
+def segment_photo(rgb: np.ndarray, alpha: np.ndarray | None, config, backend: str, load_predict=None,
+                  fallback_warning: str | None = None) -> SegmentationResult:
+    """What every segmenter does: the photo's own alpha if it has one, else iterative rounds of
+    the model (``load_predict()`` returns its predict function, loaded on first need), else
+    GrabCut; then the mask clean-up."""
+    rgb = _check_rgb(rgb)
+    notes: list[str] = []
+    if alpha is not None and config.use_existing_alpha:
+        soft, backend, rounds_run = _unit_alpha(alpha, rgb.shape[:2]), "existing_alpha", 0
+    elif load_predict is not None:
+        soft, rounds_run = iterative_segment(rgb, load_predict(), config.rounds, config.converge_iou,
+                                             config.mask_threshold)
+    else:
+        soft = grabcut_mask(rgb, config.grabcut_margin, config.grabcut_iterations)
+        backend, rounds_run = "grabcut", 1
+        notes.append(fallback_warning)
+    alpha8, mask = _finish(soft, config.mask_threshold)
+    if not mask.any():
+        notes.append(f"{backend} found no foreground object (no pixel at or above alpha {config.mask_threshold:g})")
+    return SegmentationResult(alpha=alpha8, mask=mask, backend=backend, rounds_run=rounds_run, warnings=notes)
 
 
 def make_cutout(rgb: np.ndarray, alpha_uint8: np.ndarray) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import io
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -23,6 +25,27 @@ def thumbnail_grid(images: list[Image.Image | np.ndarray], thumb: int, columns: 
         y = (i // columns) * thumb + (thumb - image.height) // 2
         sheet.paste(image, (x, y), image if image.mode == "RGBA" else None)
     return sheet
+
+
+def cached_thumbnails(images: list[tuple[Path, str]], cache_dir: Path, thumb: int) -> list[Image.Image]:
+    """Thumbnails keyed by the image's sha256: an image is decoded once, whatever the reruns.
+
+    Incremental rebuilds add a few images to a dataset of thousands; only those are opened.
+    """
+    from .io import atomic_write_png
+
+    result = []
+    for path, digest in images:
+        cached = cache_dir / f"{digest[:24]}_{thumb}.png"
+        if cached.is_file():
+            image = Image.open(cached)
+            image.load()
+        else:
+            image = Image.open(path).convert("RGB")
+            image.thumbnail((thumb, thumb), Image.Resampling.BILINEAR)
+            atomic_write_png(cached, image, compress_level=1)
+        result.append(image)
+    return result
 
 
 def markdown_thumbnails(images: list, thumb: int = 128, columns: int = 4) -> str:

@@ -1,7 +1,7 @@
 from dagster import AllPartitionMapping, AssetDep, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from gen4gen.stages import compose_composition
-from resources import PipelineSettings
+from resources import DvcResource, LineageResource, PipelineSettings
 
 from .layouts import layouts
 from .metadata import stage_metadata
@@ -11,8 +11,9 @@ from .segmentation import segmented_foregrounds
 
 @asset(group_name="gen4gen", partitions_def=composition_partitions,
        deps=[layouts, AssetDep(segmented_foregrounds, partition_mapping=AllPartitionMapping())],
-       kinds={"python", "image"})
-def composed_images(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+       kinds={"python", "image"}, code_version="1")
+def composed_images(context: AssetExecutionContext, settings: PipelineSettings,
+                    lineage: LineageResource, dvc: DvcResource) -> MaterializeResult:
     """Objects pasted per layout on the canvas, with the union mask and one mask per object."""
     config = settings.config
     result = compose_composition(context.partition_key, config)
@@ -24,4 +25,8 @@ def composed_images(context: AssetExecutionContext, settings: PipelineSettings) 
         images=MetadataValue.int(len(images)),
         canvas_size=MetadataValue.int(result.manifest["canvas_size"]),
         folder=MetadataValue.path(str(out_dir)),
+        **lineage.record(context, result.lineage,
+                         params={"composition": config.composition.model_dump(), "seed": config.seed},
+                         backend="copy_paste"),
+        **dvc.commit(context, result.lineage),  # DVC version (issue 4)
     ))

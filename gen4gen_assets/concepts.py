@@ -3,14 +3,16 @@ import time
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from gen4gen.concepts import build_registry, load_registry
-from gen4gen.io import atomic_write_json, sha256_bytes
-from resources import PipelineSettings
+from gen4gen.io import json_bytes, sha256_bytes, write_if_changed
+from gen4gen.lineage import ArtifactRecord
+from resources import DvcResource, LineageResource, PipelineSettings
 
 from .partitions import composition_partitions, concept_partitions
 
 
-@asset(group_name="gen4gen", kinds={"python", "image"})
-def concept_images(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+@asset(group_name="gen4gen", kinds={"python", "image"}, code_version="1")
+def concept_images(context: AssetExecutionContext, settings: PipelineSettings,
+                   lineage: LineageResource, dvc: DvcResource) -> MaterializeResult:
     """The user's concept photos (one folder per concept) with class names and tokens.
 
     Registers a ``concepts`` partition per usable folder and a ``compositions`` partition per
@@ -20,7 +22,12 @@ def concept_images(context: AssetExecutionContext, settings: PipelineSettings) -
     config = settings.config
     paths = config.paths
     registry = build_registry(config, load_registry(paths.registry))
-    atomic_write_json(paths.registry, registry)
+    write_if_changed(paths.registry, json_bytes(registry))
+    photos = [ArtifactRecord(p["file"], p["sha256"], params={"concept": c["key"], "class_name": c["class_name"]})
+              for c in registry["concepts"] for p in c["photos"]]
+    lineage_metadata = lineage.record(context, photos + [ArtifactRecord(
+        str(paths.registry), sha256_bytes(paths.registry.read_bytes()),
+        [(r.path, r.sha256, "source_photo") for r in photos])], params=config.proposal.model_dump())
 
     instance = context.instance
     concept_keys = [c["key"] for c in registry["concepts"]]
@@ -30,6 +37,9 @@ def concept_images(context: AssetExecutionContext, settings: PipelineSettings) -
         new = [k for k in keys if k not in known]
         if new:
             instance.add_dynamic_partitions(partitions.name, new)
+        # A removed concept folder retires its partitions (the event log and lineage keep history).
+        for gone in sorted(known - set(keys)):
+            instance.delete_dynamic_partition(partitions.name, gone)
     for problem in registry["problems"]:
         context.log.warning(f"{problem['path']}: {problem['reason']}")
 
@@ -47,5 +57,7 @@ def concept_images(context: AssetExecutionContext, settings: PipelineSettings) -
             "problems": MetadataValue.md(problems),
             "registry": MetadataValue.path(str(paths.registry)),
             "seconds": MetadataValue.float(round(time.perf_counter() - start, 3)),
+            **lineage_metadata,
+            **dvc.commit(context),  # DVC version of the catalogue (issue 4)
         },
     )

@@ -1,8 +1,9 @@
 """The code location: assets, checks, jobs and resources. Kept thin on purpose."""
-from dagster import Definitions, define_asset_job
+from dagster import Definitions
 
-from resources import (CaptionerResource, LayoutPlannerResource, PipelineSettings, RepaintResource,
-                       SegmentationResource)
+from resources import (CaptionerResource, ClipResource, DetectorResource, DinoResource, DvcResource,
+                       LayoutPlannerResource,
+                       LineageResource, PipelineSettings, RepaintResource, SegmentationResource)
 
 from .captioning import captions
 from .composition import composed_images
@@ -11,13 +12,9 @@ from .layouts import layouts
 from .mycanvas import mycanvas, mycanvas_files_match_metadata
 from .recolouring import recoloured_images
 from .report import evaluation_report
+from .jobs import catalogue_job, compositions_job, publish_job, segment_job
 from .segmentation import segmented_foregrounds
-
-# Jobs group assets that share a partitioning; `gen4gen materialize` runs them in order.
-catalogue_job = define_asset_job("catalogue_concepts", selection=[concept_images])
-segment_job = define_asset_job("segment_concepts", selection=[segmented_foregrounds])
-compositions_job = define_asset_job("build_compositions", selection=[layouts, composed_images, recoloured_images, captions])
-publish_job = define_asset_job("publish_dataset", selection=[mycanvas, evaluation_report])
+from .sensors import concept_folder_sensor
 
 
 def build_resources(config_file: str | None = None, data_dir: str | None = None) -> dict:
@@ -28,6 +25,13 @@ def build_resources(config_file: str | None = None, data_dir: str | None = None)
         "layout_planner": LayoutPlannerResource(settings=settings),
         "repaint": RepaintResource(settings=settings),
         "captioner": CaptionerResource(settings=settings),
+        "lineage": LineageResource(settings=settings),
+        # CLIP screening and evaluation metrics (issue 7): None backends unless configured.
+        "clip": ClipResource(settings=settings),
+        "detector": DetectorResource(settings=settings),
+        "dino": DinoResource(settings=settings),
+        # DVC versioning (issue 4): commits each materialised stage; skipped when DVC is off or absent.
+        "dvc": DvcResource(settings=settings),
     }
 
 
@@ -37,6 +41,7 @@ def build_definitions(config_file: str | None = None, data_dir: str | None = Non
                 mycanvas, evaluation_report],
         asset_checks=[mycanvas_files_match_metadata],
         jobs=[catalogue_job, segment_job, compositions_job, publish_job],
+        sensors=[concept_folder_sensor],
         resources=build_resources(config_file, data_dir),
     )
 

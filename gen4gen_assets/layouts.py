@@ -3,7 +3,7 @@ from dagster import AllPartitionMapping, AssetDep, AssetExecutionContext, Materi
 from gen4gen.concepts import load_registry
 from gen4gen.scenes import discover_scene_bank
 from gen4gen.stages import plan_composition
-from resources import LayoutPlannerResource, PipelineSettings
+from resources import DvcResource, LayoutPlannerResource, LineageResource, PipelineSettings
 
 from .concepts import concept_images
 from .metadata import stage_metadata
@@ -18,9 +18,10 @@ from .segmentation import segmented_foregrounds
     # "cat+dog" to {"cat", "dog"}, so the dependency is declared on all concept partitions.
     deps=[concept_images, AssetDep(segmented_foregrounds, partition_mapping=AllPartitionMapping())],
     kinds={"python", "json"},
+    code_version="1",
 )
 def layouts(context: AssetExecutionContext, settings: PipelineSettings,
-            layout_planner: LayoutPlannerResource) -> MaterializeResult:
+            layout_planner: LayoutPlannerResource, lineage: LineageResource, dvc: DvcResource) -> MaterializeResult:
     """N layouts per composition: boxes at real-world scale, size ratios, scene, prompt, seed."""
     config = settings.config
     scenes = discover_scene_bank(config.paths.backgrounds, config.input.image_extensions)
@@ -33,4 +34,7 @@ def layouts(context: AssetExecutionContext, settings: PipelineSettings,
         scenes=MetadataValue.json(sorted({i["scene"] for i in images})),
         first_layout=MetadataValue.json(images[0] if images else {}),
         path=MetadataValue.path(str(config.paths.layouts(context.partition_key))),
+        **lineage.record(context, result.lineage, params={"layout": config.layout.model_dump(), "seed": config.seed},
+                         backend=layout_planner.name),
+        **dvc.commit(context, result.lineage),  # DVC version (issue 4)
     ))

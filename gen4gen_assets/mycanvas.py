@@ -5,7 +5,8 @@ from gen4gen.concepts import load_registry
 from gen4gen.io import sha256_file
 from gen4gen.report import _read_jsonl
 from gen4gen.stages import export_mycanvas
-from resources import PipelineSettings
+from gen4gen.screening import ScreeningModels, screening_summary
+from resources import ClipResource, DetectorResource, DvcResource, LineageResource, PipelineSettings
 
 from .captioning import captions
 from .concepts import concept_images
@@ -13,14 +14,21 @@ from .metadata import log_problems, stage_metadata
 from .recolouring import recoloured_images
 
 
-@asset(group_name="gen4gen", deps=[captions, recoloured_images, concept_images], kinds={"python", "huggingface"})
-def mycanvas(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+@asset(group_name="gen4gen", deps=[captions, recoloured_images, concept_images], kinds={"python", "huggingface"},
+       code_version="1")
+def mycanvas(context: AssetExecutionContext, settings: PipelineSettings, lineage: LineageResource,
+             clip: ClipResource, detector: DetectorResource, dvc: DvcResource) -> MaterializeResult:
     """The filtered dataset in Hugging Face imagefolder layout; rejections kept with reasons."""
     config = settings.config
-    result = export_mycanvas(load_registry(config.paths.registry), config)
+    result = export_mycanvas(load_registry(config.paths.registry), config,
+                             models=ScreeningModels(clip.backend, detector.backend))  # CLIP screening (issue 7)
     log_problems(context, result)
     out_dir = config.paths.mycanvas
     rows = _read_jsonl(out_dir / "metadata.jsonl")
+    lineage_metadata = lineage.record(context, result.lineage, params=config.filter.model_dump(),
+                                      backend="geometric_checks")
+    # The exported images' lineage travels with the dataset, to audit it without the database.
+    lineage.store.export_parquet([r["provenance_id"] for r in rows], out_dir)
     return MaterializeResult(metadata=stage_metadata(
         result, "geometric_checks",
         [out_dir / r["file_name"] for r in rows[:config.report.metadata_thumbnails]],
@@ -28,6 +36,9 @@ def mycanvas(context: AssetExecutionContext, settings: PipelineSettings) -> Mate
         rejected=MetadataValue.int(result.manifest["rejected"]),
         folder=MetadataValue.path(str(out_dir)),
         load_with=MetadataValue.text(f'datasets.load_dataset("imagefolder", data_dir="{out_dir}")'),
+        screening=MetadataValue.json(screening_summary(config)),  # issue 7
+        **lineage_metadata,
+        **dvc.commit(context, result.lineage),  # DVC version of the dataset (issue 4)
     ))
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 
 # Warnings and errors on the console; the full event log is in the Dagster instance (UI).
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -18,6 +18,7 @@ class RunSummary:
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    steps: int = 0  # steps actually executed (asset steps and checks)
 
 
 def _failure_message(result) -> str:
@@ -32,12 +33,17 @@ def _failure_message(result) -> str:
 
 
 def materialize_all(defs, instance, log=print, concepts: list[str] | None = None,
-                    compositions: list[str] | None = None, publish: bool = True) -> RunSummary:
+                    compositions: list[str] | None = None, publish: bool = True,
+                    incremental: bool = False) -> RunSummary:
     """Catalogue, then each concept partition, each composition partition, then the dataset.
 
+    ``incremental``: only the partitions whose outputs are missing or were built from other
+    inputs (``gen4gen.incremental.plan_updates``), and the dataset only if anything changed.
     A failing partition is reported and the others go on; the export includes what was built.
     """
-    from gen4gen_assets.partitions import composition_partitions, concept_partitions
+    from gen4gen.concepts import load_registry
+    from gen4gen.incremental import plan_updates
+    from gen4gen_assets.partitions import composition_partitions
 
     summary = RunSummary()
     start = time.perf_counter()
@@ -46,7 +52,8 @@ def materialize_all(defs, instance, log=print, concepts: list[str] | None = None
         job = defs.resolve_job_def(job_name)
         began = time.perf_counter()
         result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
-                                        run_config=_QUIET)
+                                        run_config=QUIET_RUN_CONFIG)
+        summary.steps += sum(1 for event in result.all_events if event.is_step_success)
         if result.success:
             summary.succeeded.append(label)
             log(f"  ok    {label} ({time.perf_counter() - began:.1f} s)")
@@ -59,22 +66,25 @@ def materialize_all(defs, instance, log=print, concepts: list[str] | None = None
     if not run("catalogue_concepts", "concept_images"):
         summary.seconds = time.perf_counter() - start
         return summary
-    concept_keys = concepts if concepts is not None else instance.get_dynamic_partitions(concept_partitions.name)
-    log(f"segmenting {len(concept_keys)} concepts")
-    for key in concept_keys:
-        run("segment_concepts", f"segmented_foregrounds[{key}]", key)
+    paths = defs.resources["settings"].paths
+    registry = load_registry(paths.registry)
+    plan = plan_updates(registry, paths) if incremental else None
+    if concepts is None:
+        concepts = plan.concepts if plan else [c["key"] for c in registry["concepts"]]
     if compositions is None:
-        from gen4gen.concepts import load_registry
-
-        registry = load_registry(defs.resources["settings"].paths.registry)
-        compositions = [c["key"] for c in registry["compositions"]]
+        compositions = plan.compositions if plan else [c["key"] for c in registry["compositions"]]
+    log(f"segmenting {len(concepts)} concepts")
+    for key in concepts:
+        run("segment_concepts", f"segmented_foregrounds[{key}]", key)
     known = set(instance.get_dynamic_partitions(composition_partitions.name))
     compositions = [c for c in compositions if c in known]
     log(f"building {len(compositions)} compositions")
     for key in compositions:
         run("build_compositions", f"compositions[{key}]", key)
-    if publish:
+    if publish and (plan is None or plan.publish):
         log("publishing the dataset")
         run("publish_dataset", "mycanvas + evaluation_report")
+    elif publish:
+        log("dataset is up to date")
     summary.seconds = time.perf_counter() - start
     return summary

@@ -53,20 +53,27 @@ def make_concepts(concepts_dir: Path, spec: dict[str, list[tuple[str, tuple[int,
             object_photo(shape, colour, seed=index * 10 + k).save(folder / f"photo {k}.png")
 
 
-@pytest.fixture
-def small_project(tmp_path, monkeypatch):
-    """A data folder with three synthetic concepts and a small configuration file."""
-    data = tmp_path / "data"
+def create_small_project(root: Path, extra_config: str = "") -> tuple[Path, Path]:
+    """Three synthetic concepts under ``root/data`` and a small configuration file; returns both."""
+    data = root / "data"
     make_concepts(data / "concepts", {
         "red_ball": [("ellipse", (200, 40, 40)), ("ellipse", (180, 60, 50))],
         "blue box": [("rect", (40, 60, 200))],
         "green_cone": [("triangle", (40, 170, 60))],
     })
-    config_file = tmp_path / "gen4gen.toml"
+    config_file = root / "gen4gen.toml"
     # Top-level keys must come before the first [section] in TOML.
-    config_file.write_text(f'data_dir = "{data.as_posix()}"\n' + SMALL_CONFIG, encoding="utf-8")
+    config_file.write_text(f'data_dir = "{data.as_posix()}"\n' + SMALL_CONFIG + extra_config, encoding="utf-8")
+    return data, config_file
+
+
+@pytest.fixture
+def small_project(tmp_path, monkeypatch):
+    """A data folder with three synthetic concepts and a small configuration file."""
+    data, config_file = create_small_project(tmp_path)
     monkeypatch.delenv("GEN4GEN_CONFIG", raising=False)
     monkeypatch.delenv("GEN4GEN_DATA_DIR", raising=False)
+    monkeypatch.delenv("GEN4GEN_PROFILE", raising=False)  # `make ... PROFILE=paper` exports it
     return tmp_path, data, config_file
 
 

@@ -64,7 +64,7 @@ def test_layouts_and_composites_are_consistent(built_project):
     _, data, config_file, _ = built_project
     config = load_config(config_file)
     canvas = config.composition.canvas_size
-    for layout_file in (data / "build/layouts").glob("*.json"):
+    for layout_file in (data / "build/layouts").glob("*/manifest.json"):
         document = json.loads(layout_file.read_text())
         assert len(document["images"]) == config.layout.images_per_composition
         for image in document["images"]:

@@ -1,0 +1,16 @@
+"""Jobs group assets that share a partitioning; `gen4gen materialize` and the sensor run them in order."""
+from dagster import define_asset_job
+
+from .captioning import captions
+from .composition import composed_images
+from .concepts import concept_images
+from .layouts import layouts
+from .mycanvas import mycanvas
+from .recolouring import recoloured_images
+from .report import evaluation_report
+from .segmentation import segmented_foregrounds
+
+catalogue_job = define_asset_job("catalogue_concepts", selection=[concept_images])
+segment_job = define_asset_job("segment_concepts", selection=[segmented_foregrounds])
+compositions_job = define_asset_job("build_compositions", selection=[layouts, composed_images, recoloured_images, captions])
+publish_job = define_asset_job("publish_dataset", selection=[mycanvas, evaluation_report])
