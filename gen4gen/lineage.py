@@ -210,11 +210,35 @@ class LineageStore:
         _insert_many(connection, "edges", edges)
         return connection.execute("SELECT count(*) FROM artifacts").fetchone()[0] - before
 
-    def commit(self, records: list[ArtifactRecord], **step) -> dict:
-        """Journal then ingest; returns counts for the step's metadata."""
+    def commit(self, records: list[ArtifactRecord], ingest: bool = True, **step) -> dict:
+        """Journal, then (``ingest``) move the pending journals into DuckDB; returns counts.
+
+        The journal is the durable part: every read ingests pending journals first, so a
+        step may leave ingestion to a later step or reader (``ingest=False``) and pay only
+        for one small file write.
+        """
         journal = self.write_journal(records, **step)
-        inserted = self.ingest_pending() if journal else 0
+        inserted = self.ingest_pending() if journal and ingest else None
         return {"files": len(records), "new_rows": inserted}
+
+    def pending_journals(self) -> int:
+        return sum(1 for _ in self.journal_dir.glob("*.jsonl")) if self.journal_dir.is_dir() else 0
+
+    def set_data_versions(self, updates: dict[str, list[str]]) -> int:
+        """Label rows with the version of the data they belong to (``{version: [artifact ids]}``)."""
+        changed = 0
+        with self._locked(exclusive=True):
+            self._ingest_locked()
+            connection = self._connect()
+            try:
+                for version, ids in updates.items():
+                    for start in range(0, len(ids), 1000):
+                        changed += connection.execute(
+                            "UPDATE artifacts SET data_version = ? WHERE id IN (SELECT unnest(?::VARCHAR[]))",
+                            [version, ids[start:start + 1000]]).fetchone()[0]
+            finally:
+                connection.close()
+        return changed
 
     # ------------------------------------------------------------------ reading
     @contextmanager

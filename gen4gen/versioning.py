@@ -761,21 +761,7 @@ def record_lineage_versions(data_dir: Path, updates: dict[str, list[str]]) -> in
     store = LineageStore(data_dir)
     if not store.db_path.exists() and not store.journal_dir.is_dir():
         return 0
-    store.ingest_pending()
-    changed = 0
-    # The store's own lock and connection (gen4gen/lineage.py): DuckDB allows one writer.
-    with store._locked(exclusive=True):
-        connection = store._connect()
-        try:
-            for version, ids in updates.items():
-                for start in range(0, len(ids), 1000):
-                    part = ids[start:start + 1000]
-                    changed += connection.execute(
-                        "UPDATE artifacts SET data_version = ? WHERE id IN (SELECT unnest(?::VARCHAR[]))",
-                        [version, part]).fetchone()[0]
-        finally:
-            connection.close()
-    return changed
+    return store.set_data_versions(updates)
 
 
 def lineage_ids_in(records, out: Path, data_dir: Path) -> list[str]:

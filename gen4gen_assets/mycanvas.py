@@ -25,8 +25,11 @@ def mycanvas(context: AssetExecutionContext, settings: PipelineSettings, lineage
     log_problems(context, result)
     out_dir = config.paths.mycanvas
     rows = _read_jsonl(out_dir / "metadata.jsonl")
-    lineage_metadata = lineage.record(context, result.lineage, params=config.filter.model_dump(),
-                                      backend="geometric_checks")
+    lineage_metadata = lineage.record(
+        context, result.lineage,
+        params={"filter": config.filter.model_dump(), "screening": config.screening.model_dump(mode="json")},
+        backend={"checks": "geometric", "clip": config.clip.backend, "clip_model": config.clip.model,
+                 "detector": config.detector.backend, "detector_model": config.detector.model})
     # The exported images' lineage travels with the dataset, to audit it without the database.
     lineage.store.export_parquet([r["provenance_id"] for r in rows], out_dir)
     return MaterializeResult(metadata=stage_metadata(
