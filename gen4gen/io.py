@@ -155,6 +155,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_files_cached(files: list[Path], cache_file: Path) -> dict[str, str]:
+    """sha256 of many files, re-hashing only those whose size or mtime changed since last time.
+
+    The same trade git's index and DVC make: a file rewritten with identical size and
+    modification time would go unnoticed; every write of this platform changes the mtime.
+    """
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        cache = {}
+    result, fresh = {}, {}
+    for file in files:
+        stat = file.stat()
+        key = str(file.resolve())
+        known = cache.get(key)
+        digest = known[2] if known and known[:2] == [stat.st_size, stat.st_mtime_ns] else sha256_file(file)
+        fresh[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        result[str(file)] = digest
+    if fresh != cache:
+        atomic_write_text(cache_file, json.dumps(fresh))
+    return result
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -27,15 +27,21 @@ def thumbnail_grid(images: list[Image.Image | np.ndarray], thumb: int, columns: 
     return sheet
 
 
-def cached_thumbnails(images: list[tuple[Path, str]], cache_dir: Path, thumb: int) -> list[Image.Image]:
-    """Thumbnails keyed by the image's sha256: an image is decoded once, whatever the reruns.
+def cached_thumbnails(images: list[tuple[Path, str | None]], cache_dir: Path, thumb: int) -> list[Image.Image]:
+    """Thumbnails keyed by the image's sha256 (or, when not given, its path, size and mtime):
+    an image is decoded once, whatever the reruns.
 
     Incremental rebuilds add a few images to a dataset of thousands; only those are opened.
     """
+    import hashlib
+
     from .io import atomic_write_png
 
     result = []
     for path, digest in images:
+        if digest is None:
+            stat = path.stat()
+            digest = hashlib.sha256(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
         cached = cache_dir / f"{digest[:24]}_{thumb}.png"
         if cached.is_file():
             image = Image.open(cached)
@@ -48,10 +54,15 @@ def cached_thumbnails(images: list[tuple[Path, str]], cache_dir: Path, thumb: in
     return result
 
 
-def markdown_thumbnails(images: list, thumb: int = 128, columns: int = 4) -> str:
-    """A small inline JPEG grid as Markdown, for materialisation metadata in the UI."""
+def markdown_thumbnails(images: list, thumb: int = 128, columns: int = 4, cache_dir: Path | None = None) -> str:
+    """A small inline JPEG grid as Markdown, for materialisation metadata in the UI.
+
+    ``images`` are images or, with ``cache_dir``, paths whose thumbnails are cached there.
+    """
     if not images:
         return "_no images_"
+    if cache_dir is not None:
+        images = cached_thumbnails([(Path(p), None) for p in images], cache_dir, thumb)
     buffer = io.BytesIO()
     thumbnail_grid(images, thumb, columns).save(buffer, format="JPEG", quality=70)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")

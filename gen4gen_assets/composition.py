@@ -21,7 +21,7 @@ def composed_images(context: AssetExecutionContext, settings: PipelineSettings,
     images = result.manifest["images"]
     return MaterializeResult(metadata=stage_metadata(
         result, "copy_paste",
-        [out_dir / e["image"] for e in images[:8]],
+        [out_dir / e["image"] for e in images[:8]], preview_cache=config.paths.build / ".previews",
         images=MetadataValue.int(len(images)),
         canvas_size=MetadataValue.int(result.manifest["canvas_size"]),
         folder=MetadataValue.path(str(out_dir)),

@@ -9,7 +9,8 @@ from gen4gen.stages import StageResult
 from gen4gen.thumbnails import markdown_thumbnails
 
 
-def stage_metadata(result: StageResult, backend: str | dict, previews: list[Path] = (), **extra) -> dict:
+def stage_metadata(result: StageResult, backend: str | dict, previews: list[Path] = (),
+                   preview_cache: Path | None = None, **extra) -> dict:
     metadata = {
         "seconds": MetadataValue.float(round(result.seconds, 3)),
         "files_written": MetadataValue.int(len(result.written)),
@@ -22,9 +23,8 @@ def stage_metadata(result: StageResult, backend: str | dict, previews: list[Path
     if result.warnings:
         metadata["warnings"] = MetadataValue.md("\n".join(f"- **{w}**" for w in dict.fromkeys(result.warnings)))
     if previews:
-        from PIL import Image
-
-        metadata["preview"] = MetadataValue.md(markdown_thumbnails([Image.open(p) for p in previews]))
+        # Thumbnails cached by file identity: unchanged images (the export's first rows) decode once.
+        metadata["preview"] = MetadataValue.md(markdown_thumbnails(list(previews), cache_dir=preview_cache))
     for key, value in extra.items():
         metadata[key] = value
     return metadata

@@ -2,7 +2,7 @@ from dagster import (AssetCheckResult, AssetExecutionContext, MaterializeResult,
                      asset_check)
 
 from gen4gen.concepts import load_registry
-from gen4gen.io import sha256_file
+from gen4gen.io import sha256_files_cached
 from gen4gen.report import _read_jsonl
 from gen4gen.stages import export_mycanvas
 from gen4gen.screening import ScreeningModels, screening_summary
@@ -35,6 +35,7 @@ def mycanvas(context: AssetExecutionContext, settings: PipelineSettings, lineage
     return MaterializeResult(metadata=stage_metadata(
         result, "geometric_checks",
         [out_dir / r["file_name"] for r in rows[:config.report.metadata_thumbnails]],
+        preview_cache=config.paths.build / ".previews",
         accepted=MetadataValue.int(result.manifest["accepted"]),
         rejected=MetadataValue.int(result.manifest["rejected"]),
         folder=MetadataValue.path(str(out_dir)),
@@ -48,12 +49,16 @@ def mycanvas(context: AssetExecutionContext, settings: PipelineSettings, lineage
 @asset_check(asset=mycanvas, blocking=True)
 def mycanvas_files_match_metadata(settings: PipelineSettings) -> AssetCheckResult:
     """Every metadata row names an image on disk with the recorded bytes, and no image is unlisted."""
-    out_dir = settings.config.paths.mycanvas
+    paths = settings.config.paths
+    out_dir = paths.mycanvas
     rows = _read_jsonl(out_dir / "metadata.jsonl")
     listed = {r["file_name"] for r in rows}
     on_disk = {p.name for p in out_dir.glob("*.png")}
+    # Files unchanged since the last check (size and mtime) are not hashed again.
+    digests = sha256_files_cached([out_dir / name for name in sorted(listed & on_disk)],
+                                  paths.build / ".mycanvas_hashes.json")
     mismatched = [r["file_name"] for r in rows
-                  if r["file_name"] in on_disk and sha256_file(out_dir / r["file_name"]) != r["image_sha256"]]
+                  if r["file_name"] in on_disk and digests[str(out_dir / r["file_name"])] != r["image_sha256"]]
     missing, unlisted = sorted(listed - on_disk), sorted(on_disk - listed)
     return AssetCheckResult(
         passed=not (missing or unlisted or mismatched),

@@ -19,7 +19,7 @@ def recoloured_images(context: AssetExecutionContext, settings: PipelineSettings
     images = result.manifest["images"]
     return MaterializeResult(metadata=stage_metadata(
         result, result.manifest["backend"],
-        [out_dir / e["image"] for e in images[:8]],
+        [out_dir / e["image"] for e in images[:8]], preview_cache=config.paths.build / ".previews",
         images=MetadataValue.int(len(images)),
         harmonisation=MetadataValue.text(config.recolour.harmonisation),
         folder=MetadataValue.path(str(out_dir)),

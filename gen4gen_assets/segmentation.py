@@ -32,6 +32,7 @@ def segmented_foregrounds(context: AssetExecutionContext, settings: PipelineSett
         data_version=DataVersion(concept.data_version),
         metadata=stage_metadata(
             result, segmenter.identity(), [out_dir / e["cutout"] for e in result.manifest["photos"][:8]],
+            preview_cache=config.paths.build / ".previews",
             photos=MetadataValue.int(len(result.manifest["photos"])),
             fallback=MetadataValue.bool(bool(segmenter.fallback_warning)),
             rounds_run=MetadataValue.json([e["rounds_run"] for e in result.manifest["photos"]]),

@@ -19,8 +19,12 @@ from .conftest import make_concepts, object_photo
 
 
 def _snapshot(data: Path) -> dict[str, tuple[bytes, int]]:
-    """Every image and per-partition file: bytes and modification time."""
-    files = [p for p in (data / "build").rglob("*") if p.is_file() and p.name != "concepts.json"]
+    """Every image and per-partition file: bytes and modification time.
+
+    Hidden caches (preview thumbnails, the export check's hash cache) and the catalogue are
+    bookkeeping that grows with the dataset, not outputs."""
+    files = [p for p in (data / "build").rglob("*") if p.is_file() and p.name != "concepts.json"
+             and not any(part.startswith(".") for part in p.relative_to(data).parts)]
     files += list((data / "mycanvas").glob("*.png"))
     return {str(p.relative_to(data)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 

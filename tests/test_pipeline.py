@@ -126,7 +126,10 @@ def test_report_counts_match_the_export(built_project):
 
 def test_rematerialising_reproduces_identical_images(built_project, tmp_path_factory):
     tmp_path, data, config_file, _ = built_project
-    first = {p.relative_to(data): sha256_file(p) for p in (data / "build").rglob("*.png")}
+    def outputs(root: Path) -> list[Path]:  # hidden folders are caches (preview thumbnails)
+        return [p for p in (root / "build").rglob("*.png") if not any(x.startswith(".") for x in p.relative_to(root).parts)]
+
+    first = {p.relative_to(data): sha256_file(p) for p in outputs(data)}
     first.update({p.relative_to(data): sha256_file(p) for p in (data / "mycanvas").glob("*.png")})
     # A second data folder with the same photos and configuration, built from scratch.
     other = tmp_path_factory.mktemp("again") / "data"
@@ -137,7 +140,7 @@ def test_rematerialising_reproduces_identical_images(built_project, tmp_path_fac
     other_config.write_text(config_file.read_text().replace(str(data).replace("\\", "/"), str(other).replace("\\", "/")))
     _, summary = _build(other_config)
     assert not summary.failed
-    second = {p.relative_to(other): sha256_file(p) for p in (other / "build").rglob("*.png")}
+    second = {p.relative_to(other): sha256_file(p) for p in outputs(other)}
     second.update({p.relative_to(other): sha256_file(p) for p in (other / "mycanvas").glob("*.png")})
     assert first == second and len(first) > 20
 
@@ -158,3 +161,21 @@ def test_single_asset_materialises_with_dagster_materialize(small_project):
     assert result.success
     assert (data / "build/segmented/green_cone/manifest.json").is_file()
     assert not (data / "build/segmented/red_ball").exists()
+
+
+def test_export_check_catches_a_changed_image_even_after_a_clean_check(built_project):
+    """The asset check hashes only files changed since its last run, and still catches a change."""
+    from gen4gen_assets.definitions import build_resources
+    from gen4gen_assets.mycanvas import mycanvas_files_match_metadata
+
+    _, data, config_file, _ = built_project
+    settings = build_resources(config_file=str(config_file))["settings"]
+    assert mycanvas_files_match_metadata(settings=settings).passed
+    row = _rows(data / "mycanvas/metadata.jsonl")[0]
+    image = data / "mycanvas" / row["file_name"]
+    image.write_bytes(image.read_bytes()[:-8] + b"tampered")  # same size, new bytes and mtime
+    result = mycanvas_files_match_metadata(settings=settings)
+    assert not result.passed and result.metadata["changed"].value == [row["file_name"]]
+    image.unlink()
+    result = mycanvas_files_match_metadata(settings=settings)
+    assert not result.passed and result.metadata["missing"].value == [row["file_name"]]
