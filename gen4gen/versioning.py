@@ -929,10 +929,7 @@ def _remote_error(config: PipelineConfig, dvc: Dvc, action: str, error: DvcError
 
 def push_data(config: PipelineConfig, targets: list[str] | None = None, dvc: Dvc | None = None) -> str:
     """`dvc push` (all stages, or ``targets``) to [dvc] remote or DVC's default remote."""
-    unavailable = unavailable_reason(config)
-    if unavailable is not None:
-        raise unavailable
-    dvc = dvc or Dvc.from_config(config)
+    dvc = dvc or _available_dvc(config)
     with dvc.serialised():
         try:
             return dvc.run("push", *_remote_args(config), *(targets or [])).stdout.strip()
@@ -944,19 +941,29 @@ def push_data(config: PipelineConfig, targets: list[str] | None = None, dvc: Dvc
 
 def pull_data(config: PipelineConfig, force: bool = False) -> str:
     """`dvc pull`: fetch the version dvc.lock names from the remote and check it out."""
-    unavailable = unavailable_reason(config)
-    if unavailable is not None:
-        raise unavailable
-    dvc = Dvc.from_config(config)
+    dvc = _available_dvc(config)
     with dvc.serialised():
         try:
             return dvc.run("pull", *_remote_args(config), *(["--force"] if force else [])).stdout.strip()
         except DvcLocked:
             raise
         except DvcError as exc:
-            if "without confirmation" in exc.message or "without a confirmation" in exc.message:
+            if _needs_confirmation(exc):
                 raise _uncommitted_error(exc) from None
             raise _remote_error(config, dvc, "pull", exc) from None
+
+
+def _available_dvc(config: PipelineConfig) -> Dvc:
+    """The repository's DVC, or the DvcUnavailable error that says why not and what to do."""
+    unavailable = unavailable_reason(config)
+    if unavailable is not None:
+        raise unavailable
+    return Dvc.from_config(config)
+
+
+def _needs_confirmation(exc: DvcError) -> bool:
+    """DVC refuses to overwrite workspace changes without --force (two wordings across versions)."""
+    return "without confirmation" in exc.message or "without a confirmation" in exc.message
 
 
 def _uncommitted_error(exc: DvcError) -> DvcError:
@@ -970,17 +977,14 @@ def checkout_data(config: PipelineConfig, force: bool = False) -> dict:
 
     Returns what was done and the partition folders that are not part of this version (kept).
     """
-    unavailable = unavailable_reason(config)
-    if unavailable is not None:
-        raise unavailable
-    dvc = Dvc.from_config(config)
+    dvc = _available_dvc(config)
     with dvc.serialised():
         try:
             output = dvc.run("checkout", *(["--force"] if force else [])).stdout.strip()
         except DvcLocked:
             raise
         except DvcError as exc:
-            if "without confirmation" in exc.message or "without a confirmation" in exc.message:
+            if _needs_confirmation(exc):
                 raise _uncommitted_error(exc) from None
             if "cache files do not exist" in exc.message or "missing" in exc.message:
                 raise DvcError(f"the local DVC cache lacks files of this version: {exc.message}",
@@ -1000,10 +1004,7 @@ def checkout_data(config: PipelineConfig, force: bool = False) -> dict:
 
 def status(config: PipelineConfig) -> dict:
     """`dvc status --json`: {} when every stage's deps and outs match dvc.lock and the cache."""
-    unavailable = unavailable_reason(config)
-    if unavailable is not None:
-        raise unavailable
-    dvc = Dvc.from_config(config)
+    dvc = _available_dvc(config)
     with dvc.serialised():
         result = dvc.run("status", "--json")
     text = result.stdout.strip()
