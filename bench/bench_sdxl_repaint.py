@@ -212,7 +212,6 @@ def main() -> int:
         tiny_configs()
     steps = args.steps or STEPS
 
-    import numpy as np
     import torch
 
     import diffusers

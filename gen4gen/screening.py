@@ -29,10 +29,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from .concepts import split_composition
 from .config import PipelineConfig
 from .filtering import CheckOutcome, check_image
 from .io import atomic_write_json, atomic_write_text, read_json

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class PngWriter:
         self._pool = ThreadPoolExecutor(workers)
         self._futures = []
 
-    def submit(self, path: Path, image) -> "Future":
+    def submit(self, path: Path, image) -> Future:
         future = self._pool.submit(_write_png, path, image, self.level, self.written)
         self._futures.append(future)
         return future

@@ -9,7 +9,7 @@ from gen4gen.compose import compose, crop_cutout
 from gen4gen.config import CompositionConfig, FilterConfig, RecolourConfig
 from gen4gen.filtering import check_image
 from gen4gen.recolour import RepaintRequest, SceneBankRepainter, feather_mask, harmonise_lab
-from gen4gen.scenes import BUILTIN_SCENES, SceneSpec
+from gen4gen.scenes import BUILTIN_SCENES
 
 
 def _square_cutout(colour, size=(40, 80)):
