@@ -17,12 +17,14 @@ Unlike the anchor, prompts go through the text encoders (a byte-level tokenizer 
 the CLIP vocabulary), and the timed work is everything ``repaint()`` does per batch: request
 preparation, both pipelines, conversion back to arrays.
 
-Variants (``--variants``, default ABCD):
+Variants (``--variants``, default ABCD; letters run in the order given):
   A  fp16, batch 1                      (the original script's settings)
-  B  bf16, batch 4
-  C  bf16, batch 4, refiner_handoff="latent" (no VAE decode + encode between base and refiner)
+  B  bf16, batch 4                      (the project's defaults at batch 4)
+  C  B + refiner_handoff="latent" (no VAE decode + encode between base and refiner)
+       + attention_backend="cudnn" (cuDNN fused attention first)
   D  C + channels_last + fused QKV projections
-  E  D + torch.compile of both UNets (opt-in: --compile; the warm-up includes compile time)
+  E  D + torch.compile of both UNets (the warm-up includes compile time)
+  F  E + fp8_linear (float8 transformer linears; changes numerics; run it last)
 
     python bench/bench_sdxl_repaint.py --tiny           # CPU smoke test: tiny configs, 64 px, 2 steps
     python bench/bench_sdxl_repaint.py --out results.json
@@ -125,7 +127,15 @@ def byte_tokenizer():
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    try:
+        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    except Exception:  # transformers versions whose CLIPTokenizer wants files: the classic layout
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="byte-tokenizer-"))
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
 def build_pipelines(device, dtype):
@@ -185,22 +195,26 @@ def requests(n: int):
 
 
 # ------------------------------------------------------------------ variants
+FAST = dict(dtype="bf16", batch_size=4, refiner_handoff="latent", attention_backend="cudnn")
 VARIANTS = {
     "A": dict(label="A original fp16 bs1", dtype="fp16", batch_size=1),
     "B": dict(label="B bf16 bs4", dtype="bf16", batch_size=4),
-    "C": dict(label="C bf16 bs4 latent handoff", dtype="bf16", batch_size=4, refiner_handoff="latent"),
-    "D": dict(label="D C + chlast + fused qkv", dtype="bf16", batch_size=4, refiner_handoff="latent",
-              channels_last=True, fuse_qkv=True),
-    "E": dict(label="E D + torch.compile", dtype="bf16", batch_size=4, refiner_handoff="latent",
-              channels_last=True, fuse_qkv=True, compile=True),
+    "C": dict(label="C B + latent handoff + cuDNN attn", **FAST),
+    "D": dict(label="D C + chlast + fused qkv", **FAST, channels_last=True, fuse_qkv=True),
+    "E": dict(label="E D + torch.compile", **FAST, channels_last=True, fuse_qkv=True, compile=True),
+    # Last: the float8 swap is made in place on the (uncompiled) UNets.
+    "F": dict(label="F E + fp8 linears", **FAST, channels_last=True, fuse_qkv=True, compile=True,
+              fp8_linear=True),
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny configs at 64 px, 2 steps: a CPU logic test")
-    parser.add_argument("--variants", default="ABCD", help="letters of the variants to run (E: torch.compile)")
+    parser.add_argument("--variants", default="ABCD", help="letters of the variants to run (E, F: torch.compile)")
     parser.add_argument("--compile", action="store_true", help="also run variant E")
+    parser.add_argument("--min-left-s", default="E:190,F:190",
+                        help="per variant: skip it unless this many seconds of --budget-s are left")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode for E (default mode if unset)")
     parser.add_argument("--batches", type=int, default=2, help="timed batches per variant (after one warm-up)")
     parser.add_argument("--steps", type=int, default=None, help="num_inference_steps (default 60; tiny: 2)")
@@ -229,8 +243,15 @@ def main() -> int:
                resolution=RES, steps=steps)
     log(f"env: {env}")
     letters = [v for v in args.variants.upper() if v in VARIANTS]
+    min_left = {k.strip().upper(): float(v) for k, v in (p.split(":") for p in args.min_left_s.split(",") if p)}
     if args.compile and "E" not in letters:
         letters.append("E")
+
+    out_path = args.out or (os.path.join(os.environ["OUT"], "bench_repaint.json") if os.environ.get("OUT") else None)
+
+    def save(results: list) -> None:
+        if out_path:
+            Path(out_path).write_text(json.dumps(dict(env=env, results=results), indent=1, default=str))
 
     log("building models (random weights, on the device) ...")
     base, refiner = build_pipelines(device, torch.float16)
@@ -239,7 +260,7 @@ def main() -> int:
     for letter in letters:
         spec = dict(VARIANTS[letter])
         label = spec.pop("label")
-        if time.perf_counter() - start_all > args.budget_s:
+        if time.perf_counter() - start_all > args.budget_s - min_left.get(letter, 0.0):
             results.append(dict(variant=label, status="skipped (time budget)"))
             continue
         log(f"\n=== {label}")
@@ -293,6 +314,7 @@ def main() -> int:
             if cuda:
                 torch.cuda.empty_cache()
         results.append(result)
+        save(results)  # after every variant: a run cut short keeps what it measured
 
     log("\n" + "=" * 100)
     log(f"SUMMARY ({env['gpu']}, {RES}px, {steps} steps, strength 0.9, guidance 6.0, refiner from 0.75; random weights)")
@@ -301,9 +323,7 @@ def main() -> int:
         log(f"{r['variant']:34s} {r.get('s_per_image', float('nan')):8.3f} {r.get('images_per_s', float('nan')):9.3f} "
             f"{(r.get('peak_mem_gib') or float('nan')):9.2f} {r.get('warmup_s', float('nan')):10.1f}  {r['status']}")
     log(f"total {time.perf_counter() - start_all:.0f} s")
-    out_path = args.out or (os.path.join(os.environ["OUT"], "bench_repaint.json") if os.environ.get("OUT") else None)
     if out_path:
-        Path(out_path).write_text(json.dumps(dict(env=env, results=results), indent=1, default=str))
         log(f"results written to {out_path}")
     return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results) else 1
 

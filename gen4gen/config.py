@@ -165,11 +165,17 @@ class RecolourConfig(_Section):
     background_init: Literal["scene_bank", "noise"] = "scene_bank"
     device: Device = "auto"
     dtype: DType = "bf16"
-    # Speed options (see bench/bench_sdxl_repaint.py).
+    # Speed options (see bench/bench_sdxl_repaint.py and the README's GPU figures).
     channels_last: bool = False
     fuse_qkv: bool = False
     compile: bool = False
     compile_mode: str | None = None
+    # Attention kernels on CUDA: "auto" is PyTorch's choice (FlashAttention-2); "cudnn" puts
+    # cuDNN's fused attention first (faster on Hopper), the others behind it as fallbacks.
+    attention_backend: Literal["auto", "cudnn"] = "auto"
+    # The UNets' transformer linear layers in float8 e4m3 (H100/H200/Ada; pays under compile).
+    # Changes numerics: 3 mantissa bits per operand. See gen4gen/models/fp8.py.
+    fp8_linear: bool = False
     prompt_template: str = "a realistic photo of {background}"
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     # The paper's feathering: box blur of this radius, then intensity rescaled from [127.5, 255].

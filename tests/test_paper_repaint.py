@@ -152,3 +152,78 @@ def test_gpu_benchmark_script_runs_tiny_on_the_cpu(tmp_path, monkeypatch):
     assert exit_code.value.code == 0
     results = json.loads(out.read_text())["results"]
     assert [r["status"] for r in results] == ["ok", "ok"] and all(r["s_per_image"] > 0 for r in results)
+
+
+# ------------------------------------------------------------------ speed options
+def test_float8_linear_agrees_with_the_full_precision_layer():
+    import torch
+
+    from gen4gen.models.fp8 import E4M3, Float8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96)
+    x = torch.randn(2, 50, 64) * torch.logspace(-2, 2, 50)[None, :, None]  # rows of very different scales
+    fp8 = Float8Linear(linear)
+    want = linear(x)
+    got = fp8(x)
+    assert got.shape == want.shape == (2, 50, 96) and got.dtype == x.dtype
+    # Per-row scaling: every row is as precise as e4m3 allows, however small its values.
+    row_error = (got - want).norm(dim=-1) / want.norm(dim=-1)
+    assert row_error.max() < 0.1 and row_error.mean() < 0.05
+    assert fp8.weight_fp8.dtype == E4M3 and fp8.weight_scale.shape == (1, 96)
+    # Scales are powers of two, so a dtype cast of the model cannot round them.
+    assert torch.equal(torch.exp2(torch.log2(fp8.weight_scale).round()), fp8.weight_scale)
+    weight, scale = fp8.weight_fp8.clone(), fp8.weight_scale.clone()
+    fp8.to(torch.bfloat16)
+    assert fp8.weight_fp8.dtype == E4M3 and fp8.weight_scale.dtype == torch.float32
+    assert torch.equal(fp8.weight_fp8.view(torch.uint8), weight.view(torch.uint8)) and torch.equal(fp8.weight_scale, scale)
+    assert fp8(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_float8_swap_covers_the_transformer_linears_only(sdxl_config):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from gen4gen.models.fp8 import Float8Linear, float8_linears
+
+    unet = UNet2DConditionModel.from_pretrained(sdxl_config.sdxl_model, subfolder="unet")
+    swapped = float8_linears(unet)
+    modules = dict(unet.named_modules())
+    fp8_names = [n for n, m in modules.items() if isinstance(m, Float8Linear)]
+    # 4 transformer models (down, mid, 2 up; proj_in and proj_out each) holding 8 blocks of 2
+    # layers, each block with 8 image-side linears (q, k, v, out; cross q, out; GEGLU in, out).
+    assert swapped == len(fp8_names) == 4 * 2 + 8 * 8
+    assert all(".attentions." in n for n in fp8_names)
+    assert type(modules["time_embedding.linear_1"]) is torch.nn.Linear  # outside the transformers
+    assert type(modules["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"]) is torch.nn.Linear
+
+
+def test_repaint_with_float8_linears_and_cudnn_attention_option(sdxl_config):
+    config = sdxl_config.model_copy(update={"fp8_linear": True, "attention_backend": "cudnn"})
+    first = _repainter(config).repaint(_requests(2))
+    again = _repainter(config).repaint(_requests(2))
+    assert [image.shape for image, _ in first] == [(64, 64, 3)] * 2
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(first, again))
+    notes = _repainter(config).identity()["notes"]
+    assert any(note.startswith("float8 linear layers") for note in notes)
+    assert any("force_upcast" in note for note in notes)  # the VAE stays in the model's dtype
+
+
+def test_refiner_skips_the_unused_masked_image_encode(sdxl_config, monkeypatch):
+    repainter = _repainter(sdxl_config, batch_size=2)
+    vae = repainter.pipelines.base.vae
+    encodes = []
+    real_encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda *a, **k: encodes.append(1) or real_encode(*a, **k))
+    requests = _requests(2)
+    ours = repainter.repaint(requests)
+    # base: the init image and the masked image; refiner: the init image only.
+    assert len(encodes) == 2 * 2 + 2
+    refiner = repainter.pipelines.refiner
+    real_call = type(refiner).__call__
+    monkeypatch.setattr(type(refiner), "__call__", lambda self, *a, masked_image_latents=None, **k:
+                        real_call(self, *a, **k))
+    encodes.clear()
+    plain = repainter.repaint(requests)
+    assert len(encodes) == 2 * 2 + 2 * 2
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(ours, plain))  # the same pictures
