@@ -462,12 +462,15 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
 PROFILES: dict[str, dict] = {
     # CPU, offline: IS-Net ONNX, rule-based layouts, scene-bank recolouring, layout retelling.
     "embedded": {},
-    # The paper's models (GPU): IS-Net in PyTorch, LLM layouts, SDXL inpainting + refiner, LLaVA captions.
+    # The paper's models (GPU): IS-Net in PyTorch, LLM layouts, SDXL inpainting + refiner, LLaVA
+    # captions; CLIP ViT-L/14 and OWL-ViT for the CP-CLIP / TI-CLIP metrics and the screening.
     "paper": {
         "segmentation": {"backend": "isnet_torch"},
         "layout": {"backend": "llm"},
         "recolour": {"backend": "sdxl"},
         "caption": {"backend": "vlm"},
+        "clip": {"backend": "open_clip"},
+        "detector": {"backend": "owlvit"},
     },
 }
 

@@ -73,11 +73,14 @@ def test_api_keys_in_the_configuration_stay_secret(clean_env, tmp_path):
 
 def test_preflight_lists_every_missing_model_and_how_to_get_it(clean_env):
     report = check(load_config(profile="paper"), PROJECT_ROOT)
-    assert not report.ok and len(report.problems) == 4
+    assert not report.ok and len(report.problems) == 6
     text = report.text()
     for needle in ["isnet-general-use.pth", "gen4gen convert-isnet", "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
                    "stabilityai/stable-diffusion-xl-refiner-1.0", "llava-hf/llava-1.5-7b-hf",
-                   "hf download llava-hf/llava-1.5-7b-hf", "HF_HUB_OFFLINE=1", "recolour.sdxl_model"]:
+                   "hf download llava-hf/llava-1.5-7b-hf", "HF_HUB_OFFLINE=1", "recolour.sdxl_model",
+                   # the metrics' models: CLIP ViT-L/14 (OpenAI weights, by open_clip tag) and OWL-ViT
+                   "CLIP ViT-L-14/openai", "hf download timm/vit_large_patch14_clip_224.openai",
+                   "google/owlvit-base-patch32", "detector.model"]:
         assert needle in text, needle
     # Online, an uncached Hub model is not an error: from_pretrained will download it.
     clean_env.setenv("HF_HUB_OFFLINE", "0")
@@ -94,11 +97,31 @@ def test_preflight_accepts_local_model_folders(clean_env, tmp_path):
     (tmp_path / "vlm").mkdir()
     (tmp_path / "vlm" / "config.json").write_text("{}")
     (tmp_path / "isnet.pth").write_bytes(b"x")
+    (tmp_path / "owl").mkdir()
+    (tmp_path / "owl" / "config.json").write_text("{}")
+    (tmp_path / "ViT-L-14.pt").write_bytes(b"x")
     config = load_config(profile="paper", segmentation={"isnet_checkpoint": str(tmp_path / "isnet.pth")},
                          recolour={"sdxl_model": str(tmp_path / "base"), "refiner_model": str(tmp_path / "refiner")},
-                         caption={"vlm_model": str(tmp_path / "vlm")})
+                         caption={"vlm_model": str(tmp_path / "vlm")}, detector={"model": str(tmp_path / "owl")},
+                         clip={"weights_path": str(tmp_path / "ViT-L-14.pt")})
     report = check(config, PROJECT_ROOT)
     assert report.ok, report.text()
+    assert f"clip: CLIP ViT-L-14/openai: {tmp_path / 'ViT-L-14.pt'}" in report.lines
+    # A CLIP checkpoint in the Hugging Face cache, where open_clip's tag says it is, is found too.
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    clean_env.setattr(constants, "HF_HUB_CACHE", str(cache))  # read when huggingface_hub was imported
+    snapshot = cache / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots" / "c0"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("c0")
+    cached = check(config.model_copy(update={"clip": config.clip.model_copy(update={"weights_path": None})}),
+                   PROJECT_ROOT)
+    assert cached.ok, cached.text()
+    assert any(line.startswith("clip: CLIP ViT-L-14/openai: ") and "snapshots/c0/open_clip_pytorch_model.bin" in line
+               for line in cached.lines)
 
 
 def test_materialize_under_the_paper_profile_fails_fast_before_any_run(clean_env, tmp_path, capsys):
@@ -109,7 +132,7 @@ def test_materialize_under_the_paper_profile_fails_fast_before_any_run(clean_env
     err = capsys.readouterr().err
     assert code == 2 and elapsed < 5
     assert "missing model weights for profile 'paper'" in err and "nothing was run" in err
-    assert err.count("\n  - ") == 4
+    assert err.count("\n  - ") == 6
     assert not (tmp_path / "dagster_home").exists()  # no Dagster instance, no run
     assert main(["--profile", "paper", "check-weights"]) == 2
     clean_env.setenv("GEN4GEN_PROFILE", "")

@@ -13,6 +13,7 @@ from gen4gen_assets.definitions import build_definitions
 from gen4gen_assets.runner import materialize_all
 
 from . import paper_models
+from .tiny_clip_models import open_clip_dir, owlvit_dir
 from .conftest import make_concepts, object_photo
 from .openai_stub import StubServer, good_layout, requested_objects
 
@@ -76,6 +77,17 @@ dtype = "fp32"
 max_new_tokens = 8
 [report]
 contact_sheet_thumb = 48
+[clip]
+weights_path = "{open_clip_dir(models).as_posix()}"
+device = "cpu"
+dtype = "fp32"
+[detector]
+model = "{owlvit_dir(models).as_posix()}"
+threshold = 0.0
+device = "cpu"
+[screening]
+caption_score = {{ min = -2.0 }}
+concept_similarity = {{ min = -2.0 }}
 """, encoding="utf-8")
         mp = pytest.MonkeyPatch()
         mp.setenv("GEN4GEN_PROFILE", "paper")  # the profile comes from the environment, as with `make PROFILE=paper`
@@ -128,6 +140,14 @@ def test_every_stage_runs_with_the_papers_backends(paper_project):
             assert caption["detailed"].strip()
             assert set(caption) >= {"global_composition_token", "repeated_concept_tokens", "background_in_text"}
     assert (data / "mycanvas" / "metadata.jsonl").is_file() and (data / "reports" / "report.md").is_file()
+    # The profile's CLIP and OWL-ViT: MyCanvas screened (thresholds opened up for random weights)
+    # and CP-CLIP measured.
+    rows = [json.loads(line) for line in (data / "mycanvas" / "metadata.jsonl").read_text().splitlines()]
+    assert rows and all(isinstance(row["screening"]["caption_score"], float) for row in rows)
+    report = _read(data / "reports" / "report.json")
+    assert report["evaluation"]["backends"]["clip"]["backend"] == "open_clip"
+    assert report["evaluation"]["backends"]["detector"]["backend"] == "owlvit"
+    assert report["evaluation"]["sets"]["mycanvas"]["summary"]["cp_clip"] is not None
 
 
 def test_layouts_record_the_llm_exchange_and_the_fallback(paper_project):

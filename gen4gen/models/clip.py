@@ -10,8 +10,13 @@ Weights are never downloaded when ``HF_HUB_OFFLINE=1``: a missing model raises
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import sys
 import threading
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -123,75 +128,120 @@ def _open_clip_how(model: str, tag: str | None, tag_cfg: dict | None) -> str:
     return "; ".join(parts)
 
 
-def _load_open_clip(config, project_root: Path) -> OpenClipBackend:
+@dataclass
+class OpenClipSource:
+    """Where configured CLIP weights come from, as ``open_clip.create_model_and_transforms`` takes them."""
+
+    model_name: str
+    pretrained: str | None
+    kwargs: dict  # force_quick_gelu / force_preprocess_cfg matching the weights
+    tag_cfg: dict | None
+    weights: str | None = None  # a local file or folder, when configured
+    will_download: bool = False  # online and not cached: open_clip fetches it on first use
+
+
+def pretrained_table():
+    """open_clip's table of pretrained tags (``get_pretrained_cfg``, ``list_pretrained_tags_by_model``).
+
+    Loaded without open_clip's package init, which imports every model (≈ 6 s here), so the
+    weights preflight stays fast; the whole package is the fallback.
+    """
+    name = "_gen4gen_open_clip_tables"
+    if name + ".pretrained" in sys.modules:
+        return sys.modules[name + ".pretrained"]
     try:
+        spec = importlib.util.find_spec("open_clip")
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(spec.origin).parent)]
+        sys.modules[name] = package
+        return importlib.import_module(name + ".pretrained")
+    except Exception:  # pragma: no cover - open_clip laid out differently: import it whole
+        sys.modules.pop(name, None)
         import open_clip
-    except ImportError as exc:  # pragma: no cover - the paper extra is not installed
-        raise MissingWeightsError([f"CLIP: open_clip is not installed ({exc}); `pip install -e .[paper]`"]) from exc
+
+        return open_clip
+
+
+def resolve_open_clip(config, table) -> OpenClipSource:
+    """The configured CLIP weights, located without loading them; MissingWeightsError if absent."""
     from gen4gen.config import resolve_path
 
-    device = resolve_device(config.device)
-    dtype, _note = resolve_dtype(config.dtype, device)
-    precision = _OPEN_CLIP_PRECISION[dtype_name(dtype)]
     model_name, tag = config.model, config.pretrained
-    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag and ":" not in model_name else None
-    kwargs: dict = {"precision": precision, "device": device}
-    identity = {"backend": "open_clip", "model": model_name, "pretrained": tag, "device": str(device),
-                "dtype": dtype_name(dtype)}
-    pretrained: str | None = None
+    tag_cfg = table.get_pretrained_cfg(model_name, tag) if tag and ":" not in model_name else None
+    matching = {}
+    if tag_cfg:  # a known tag's weights: its activation and normalisation must be used with them
+        matching = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
+                    "force_preprocess_cfg": {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
+                                             if k in tag_cfg}}
     if config.weights_path:
         path = resolve_path(config.weights_path)
         if not path.exists():
             raise MissingWeightsError([f"CLIP ({model_name}): clip.weights_path {path} does not exist; "
                                        + _open_clip_how(model_name, tag, tag_cfg)])
-        identity["weights"] = str(path)
         if path.is_dir() and (path / "open_clip_config.json").is_file():
-            model_name = f"local-dir:{path}"
-        else:
-            if path.is_dir():
-                found = next((path / f for f in _OPEN_CLIP_FILES if (path / f).is_file()), None)
-                if found is None:
-                    raise MissingWeightsError([f"CLIP ({model_name}): folder {path} (clip.weights_path) has neither "
-                                               f"open_clip_config.json nor a weight file ({', '.join(_OPEN_CLIP_FILES)})"])
-                path = found
-            pretrained = str(path)
-            if tag_cfg:  # the file holds a known tag's weights: use that tag's activation and normalisation
-                kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-                kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                                  if k in tag_cfg}
-    elif ":" in model_name:  # hf-hub:org/repo or local-dir:/path, resolved by open_clip
-        pass
-    else:
-        if not tag:
-            raise MissingWeightsError([f"CLIP ({model_name}): no weights configured; set clip.pretrained to a tag "
-                                       f"(e.g. 'openai') or clip.weights_path to a local checkpoint"])
-        if not tag_cfg and Path(tag).is_file():
-            pretrained = tag
-        elif not tag_cfg:
-            known = open_clip.list_pretrained_tags_by_model(model_name)
-            raise MissingWeightsError([f"CLIP: {tag!r} is not a pretrained tag of {model_name!r} (known: "
-                                       f"{', '.join(known) or 'none; check clip.model'}), and not a file"])
-        elif hf_offline() and tag_cfg.get("hf_hub"):
-            pretrained = _cached_tag_file(tag_cfg["hf_hub"])
-            if pretrained is None:
-                raise MissingWeightsError([f"CLIP {model_name}/{tag}: not in the Hugging Face cache and "
-                                           f"HF_HUB_OFFLINE=1; " + _open_clip_how(model_name, tag, tag_cfg)])
-            kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
-            kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                              if k in tag_cfg}
-        else:
-            pretrained = tag
-            # open_clip only warns when a tag was trained with QuickGELU (OpenAI's) and the architecture
-            # name lacks it (ViT-L-14 vs ViT-L-14-quickgelu); the activation must match the weights.
-            kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+            return OpenClipSource(f"local-dir:{path}", None, {}, tag_cfg, str(path))
+        weights = path
+        if path.is_dir():
+            weights = next((path / f for f in _OPEN_CLIP_FILES if (path / f).is_file()), None)
+            if weights is None:
+                raise MissingWeightsError([f"CLIP ({model_name}): folder {path} (clip.weights_path) has neither "
+                                           f"open_clip_config.json nor a weight file ({', '.join(_OPEN_CLIP_FILES)})"])
+        return OpenClipSource(model_name, str(weights), matching, tag_cfg, str(path))
+    if model_name.startswith("local-dir:"):
+        folder = resolve_path(model_name.split(":", 1)[1])
+        if not (folder / "open_clip_config.json").is_file():
+            raise MissingWeightsError([f"CLIP: {folder} (clip.model) has no open_clip_config.json"])
+        return OpenClipSource(model_name, None, {}, None, str(folder))
+    if model_name.startswith("hf-hub:"):
+        spec = WeightSpec(stage="clip", what="CLIP", source=model_name.split(":", 1)[1],
+                          required=("open_clip_config.json",), config_key="clip.model")
+        located = locate(spec, Path.cwd())
+        if located.problem:
+            raise MissingWeightsError([located.problem])
+        return OpenClipSource(model_name, None, {}, None, will_download=located.will_download)
+    if not tag:
+        raise MissingWeightsError([f"CLIP ({model_name}): no weights configured; set clip.pretrained to a tag "
+                                   f"(e.g. 'openai') or clip.weights_path to a local checkpoint"])
+    if not tag_cfg:
+        if Path(tag).is_file():
+            return OpenClipSource(model_name, tag, {}, None, tag)
+        known = table.list_pretrained_tags_by_model(model_name)
+        raise MissingWeightsError([f"CLIP: {tag!r} is not a pretrained tag of {model_name!r} (known: "
+                                   f"{', '.join(known) or 'none; check clip.model'}), and not a file"])
+    cached = _cached_tag_file(tag_cfg["hf_hub"]) if tag_cfg.get("hf_hub") else None
+    if cached is not None:
+        return OpenClipSource(model_name, cached, matching, tag_cfg)
+    if hf_offline():
+        raise MissingWeightsError([f"CLIP {model_name}/{tag}: not in the Hugging Face cache and "
+                                   f"HF_HUB_OFFLINE=1; " + _open_clip_how(model_name, tag, tag_cfg)])
+    # Online: open_clip downloads the tag. It only warns when a tag was trained with QuickGELU
+    # (OpenAI's) and the architecture name lacks it; the activation must match the weights.
+    return OpenClipSource(model_name, tag, {"force_quick_gelu": matching["force_quick_gelu"]}, tag_cfg,
+                          will_download=True)
+
+
+def _load_open_clip(config, project_root: Path) -> OpenClipBackend:
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, **kwargs)
-        tokenizer = open_clip.get_tokenizer(model_name)
-    except MissingWeightsError:
-        raise
+        import open_clip
+    except ImportError as exc:  # pragma: no cover - the paper extra is not installed
+        raise MissingWeightsError([f"CLIP: open_clip is not installed ({exc}); `pip install -e .[paper]`"]) from exc
+
+    device = resolve_device(config.device)
+    dtype, _note = resolve_dtype(config.dtype, device)
+    source = resolve_open_clip(config, open_clip)
+    identity = {"backend": "open_clip", "model": config.model, "pretrained": config.pretrained,
+                "device": str(device), "dtype": dtype_name(dtype)}
+    if source.weights:
+        identity["weights"] = source.weights
+    kwargs = dict(source.kwargs, precision=_OPEN_CLIP_PRECISION[dtype_name(dtype)], device=device)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(source.model_name, pretrained=source.pretrained,
+                                                                     **kwargs)
+        tokenizer = open_clip.get_tokenizer(source.model_name)
     except Exception as exc:  # download failures, missing files, wrong checkpoints
-        raise MissingWeightsError([f"CLIP {model_name} (pretrained {pretrained or tag!r}) could not be loaded: "
-                                   f"{type(exc).__name__}: {exc}; " + _open_clip_how(config.model, tag, tag_cfg)]) from exc
+        raise MissingWeightsError([f"CLIP {source.model_name} (pretrained {source.pretrained or config.pretrained!r}) "
+                                   f"could not be loaded: {type(exc).__name__}: {exc}; "
+                                   + _open_clip_how(config.model, config.pretrained, source.tag_cfg)]) from exc
     model.eval()
     return OpenClipBackend(model, preprocess, tokenizer, device, dtype, config.batch_size, identity)
 
@@ -271,15 +321,32 @@ class OwlDetector:
         return results
 
 
+def detector_weight_spec(config) -> WeightSpec:
+    what = {"owlvit": "OWL-ViT detector", "owlv2": "OWLv2 detector"}.get(config.backend, "detector")
+    return WeightSpec(stage="detector", what=what, source=config.model, required=("config.json",),
+                      config_key="detector.model",
+                      how="OWL-ViT: google/owlvit-base-patch32 (Apache-2.0); OWLv2: google/owlv2-base-patch16-ensemble")
+
+
+def dino_weight_spec(config) -> WeightSpec:
+    return WeightSpec(stage="dino", what="DINO image encoder", source=config.model, required=("config.json",),
+                      config_key="dino.model", how="CustomConcept101 uses facebook/dino-vits16 (Apache-2.0)")
+
+
+def weight_specs(config) -> list[WeightSpec]:
+    """The detector's and DINO's weights, where configured (``config``: the whole PipelineConfig).
+    CLIP's are located by :func:`resolve_open_clip` (open_clip names them by tag)."""
+    return (([detector_weight_spec(config.detector)] if config.detector.backend != "none" else [])
+            + ([dino_weight_spec(config.dino)] if config.dino.backend != "none" else []))
+
+
 def _load_owl(config, project_root: Path) -> OwlDetector:
     try:
         import transformers
     except ImportError as exc:  # pragma: no cover
         raise MissingWeightsError([f"detector: transformers is not installed ({exc}); `pip install -e .[paper]`"]) from exc
-    what = {"owlvit": "OWL-ViT detector", "owlv2": "OWLv2 detector"}[config.backend]
-    spec = WeightSpec(stage="detector", what=what, source=config.model, required=("config.json",),
-                      config_key="detector.model",
-                      how="OWL-ViT: google/owlvit-base-patch32 (Apache-2.0); OWLv2: google/owlv2-base-patch16-ensemble")
+    spec = detector_weight_spec(config)
+    what = spec.what
     located = locate(spec, project_root)
     if located.problem:
         raise MissingWeightsError([located.problem])
@@ -334,8 +401,7 @@ def _load_dino(config, project_root: Path) -> DinoEmbedder:
         import transformers
     except ImportError as exc:  # pragma: no cover
         raise MissingWeightsError([f"DINO: transformers is not installed ({exc}); `pip install -e .[paper]`"]) from exc
-    spec = WeightSpec(stage="dino", what="DINO image encoder", source=config.model, required=("config.json",),
-                      config_key="dino.model", how="CustomConcept101 uses facebook/dino-vits16 (Apache-2.0)")
+    spec = dino_weight_spec(config)
     located = locate(spec, project_root)
     if located.problem:
         raise MissingWeightsError([located.problem])

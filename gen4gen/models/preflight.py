@@ -39,20 +39,44 @@ class PreflightReport:
 
 
 _LIBRARIES = {"isnet_torch": ("torch",), "birefnet": ("torch", "transformers"), "sdxl": ("torch", "diffusers",
-              "transformers"), "vlm": ("torch", "transformers")}
+              "transformers"), "vlm": ("torch", "transformers"), "owlvit": ("torch", "transformers"),
+              "owlv2": ("torch", "transformers"), "transformers": ("torch", "transformers")}
 
 
 def weight_specs(config: PipelineConfig) -> list[WeightSpec]:
-    from . import sdxl_repaint, segmentation_torch, vlm_caption
+    from . import clip, sdxl_repaint, segmentation_torch, vlm_caption
 
     return (segmentation_torch.weight_specs(config.segmentation) + sdxl_repaint.weight_specs(config.recolour)
-            + vlm_caption.weight_specs(config.caption))
+            + vlm_caption.weight_specs(config.caption) + clip.weight_specs(config))
+
+
+def _check_clip(config: PipelineConfig, report: "PreflightReport") -> None:
+    """CLIP weights are named by open_clip tags: resolve them as the loader will."""
+    from . import clip
+
+    if config.clip.backend == "none":
+        report.lines.append("clip: none (no screening by CLIP; the CLIP metrics are not computed)")
+        return
+    if importlib.util.find_spec("open_clip") is None:
+        report.problems.append("clip (open_clip): Python package open_clip is not installed; run `make setup-paper`")
+        return
+    name = f"{config.clip.model}/{config.clip.pretrained}" if config.clip.pretrained else config.clip.model
+    try:
+        source = clip.resolve_open_clip(config.clip, clip.pretrained_table())
+    except MissingWeightsError as exc:
+        report.problems.extend(exc.problems)
+        report.lines.append(f"clip: CLIP {name}: MISSING")
+        return
+    where = source.pretrained or source.model_name
+    suffix = " (not cached: will be downloaded on first use)" if source.will_download else ""
+    report.lines.append(f"clip: CLIP {name}: {where}{suffix}")
 
 
 def check(config: PipelineConfig, project_root: Path) -> PreflightReport:
     report = PreflightReport(config.profile)
     backends = {"segmentation": config.segmentation.backend, "layout": config.layout.backend,
-                "recolour": config.recolour.backend, "caption": config.caption.backend}
+                "recolour": config.recolour.backend, "caption": config.caption.backend,
+                "detector": config.detector.backend, "dino": config.dino.backend}
     for stage, backend in backends.items():
         missing = [lib for lib in _LIBRARIES.get(backend, ()) if importlib.util.find_spec(lib) is None]
         if missing:
@@ -76,6 +100,7 @@ def check(config: PipelineConfig, project_root: Path) -> PreflightReport:
             report.lines.append(f"{spec.stage}: {spec.what}: {where} (not cached: will be downloaded on first use)")
         else:
             report.lines.append(f"{spec.stage}: {spec.what}: {where}")
+    _check_clip(config, report)
     if config.layout.backend == "llm":
         llm = config.layout.llm
         report.lines.append(f"layout: LLM at {llm.base_url} model {llm.model or '(server default)'} (not contacted; "
