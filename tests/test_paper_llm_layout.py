@@ -90,7 +90,7 @@ def test_invalid_reply_is_sent_back_and_retried(script, monkeypatch, bad, error)
     retry = script.requests[-1]["body"]["messages"]
     assert retry[-2] == {"role": "assistant", "content": bad}
     assert error in retry[-1]["content"] and retry[-1]["role"] == "user"
-    assert f"valid after 2 attempts" in " ".join(layout.notes)
+    assert "valid after 2 attempts" in " ".join(layout.notes)
 
 
 def test_repeated_failure_falls_back_to_the_rule_based_layout(script, monkeypatch):

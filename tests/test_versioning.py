@@ -316,7 +316,7 @@ def test_unreachable_remote_keeps_the_committed_data(built, tmp_path):
 def test_push_failure_after_a_commit_is_reported_not_fatal(dvc_env, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    project = Project(dvc_env, f'push = true\n').setup()
+    project = Project(dvc_env, 'push = true\n').setup()
     dvc = versioning.Dvc.from_config(project.config)
     dvc.run("remote", "modify", "--local", "local", "url", str(blocker / "remote"))
     materialize_all(build_definitions(config_file=str(project.config_file)), project.instance, log=lambda *_: None,
