@@ -127,15 +127,7 @@ def byte_tokenizer():
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = 512, 513
-    try:
-        return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    except Exception:  # transformers versions whose CLIPTokenizer wants files: the classic layout
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="byte-tokenizer-"))
-        (folder / "vocab.json").write_text(json.dumps(vocab))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
 def build_pipelines(device, dtype):

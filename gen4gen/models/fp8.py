@@ -73,7 +73,7 @@ def float8_linears(unet: torch.nn.Module) -> int:
     Fuse QKV projections before calling this (fusing reads the bf16 weights).
     """
     swaps = []
-    for owner_name, owner in unet.named_modules():
+    for owner in unet.modules():
         if type(owner).__name__ != "Transformer2DModel":
             continue
         for name, module in owner.named_modules():

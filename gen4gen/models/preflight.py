@@ -40,7 +40,8 @@ class PreflightReport:
 
 _LIBRARIES = {"isnet_torch": ("torch",), "birefnet": ("torch", "transformers"), "sdxl": ("torch", "diffusers",
               "transformers"), "vlm": ("torch", "transformers"), "owlvit": ("torch", "transformers"),
-              "owlv2": ("torch", "transformers"), "transformers": ("torch", "transformers")}
+              "owlv2": ("torch", "transformers"), "transformers": ("torch", "transformers"),
+              "open_clip": ("torch", "open_clip")}
 
 
 def weight_specs(config: PipelineConfig) -> list[WeightSpec]:
@@ -58,8 +59,7 @@ def _check_clip(config: PipelineConfig, report: "PreflightReport") -> None:
         report.lines.append("clip: none (no screening by CLIP; the CLIP metrics are not computed)")
         return
     if importlib.util.find_spec("open_clip") is None:
-        report.problems.append("clip (open_clip): Python package open_clip is not installed; run `make setup-paper`")
-        return
+        return  # reported with the other missing packages
     name = f"{config.clip.model}/{config.clip.pretrained}" if config.clip.pretrained else config.clip.model
     try:
         source = clip.resolve_open_clip(config.clip, clip.pretrained_table())
@@ -76,7 +76,7 @@ def check(config: PipelineConfig, project_root: Path) -> PreflightReport:
     report = PreflightReport(config.profile)
     backends = {"segmentation": config.segmentation.backend, "layout": config.layout.backend,
                 "recolour": config.recolour.backend, "caption": config.caption.backend,
-                "detector": config.detector.backend, "dino": config.dino.backend}
+                "clip": config.clip.backend, "detector": config.detector.backend, "dino": config.dino.backend}
     for stage, backend in backends.items():
         missing = [lib for lib in _LIBRARIES.get(backend, ()) if importlib.util.find_spec(lib) is None]
         if missing:
