@@ -13,22 +13,50 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
+# Both install the whole dependency tree from a lock with hashes (requirements/, `make lock`),
+# then the project itself without dependencies: every machine gets the same files.
+LOCK_DIR := requirements
+# A pin changed in pyproject.toml but not in the lock shows up as an unmet requirement here.
+LOCK_CHECK = @$(BIN)/pip check >/dev/null || { $(BIN)/pip check; echo "$(LOCK_DIR)/ does not match pyproject.toml: run make lock"; exit 1; }
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 setup-paper: $(VENV)/.installed-paper $(DAGSTER_HOME)/dagster.yaml
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(LOCK_DIR)/base.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run: make PYTHON=python3 ..."; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK_DIR)/base.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(LOCK_CHECK)
 	touch $@
 
-$(VENV)/.installed-paper: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev,paper]'
+$(VENV)/.installed-paper: $(VENV)/.installed $(LOCK_DIR)/paper.txt
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK_DIR)/paper.txt
+	$(LOCK_CHECK)
+	touch $@
+
+# Rewrites the locks from pyproject.toml's pins and requirements/dvc.in with pip-tools, through
+# this machine's pip configuration (its index, so the hashes are those pip will check). Existing
+# pins are kept where they still fit; `make lock UPGRADE=1` moves every unpinned package to its
+# newest version. paper.txt is resolved first and seeds base.txt, so both agree on shared packages.
+# setuptools is pinned too (--allow-unsafe): torch requires it, and --require-hashes needs every package.
+LOCK_TOOLS := .tmp-lock-tools
+PIP_TOOLS_VERSION := 7.6.2
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --no-emit-options $(if $(UPGRADE),--upgrade)
+lock: $(LOCK_TOOLS)/.installed-$(PIP_TOOLS_VERSION)
+	$(PIP_COMPILE) --extra dev --extra paper -o $(LOCK_DIR)/paper.txt pyproject.toml
+	cp $(LOCK_DIR)/paper.txt $(LOCK_DIR)/base.txt
+	$(PIP_COMPILE) --extra dev -o $(LOCK_DIR)/base.txt pyproject.toml
+	$(PIP_COMPILE) -o $(LOCK_DIR)/dvc.txt $(LOCK_DIR)/dvc.in
+
+$(LOCK_TOOLS)/.installed-$(PIP_TOOLS_VERSION):
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet 'pip-tools==$(PIP_TOOLS_VERSION)'
 	touch $@
 
 # Rewritten when this Makefile changes. Pools: steps of assets with pool="gpu" wait for a free
@@ -44,18 +72,20 @@ weights: setup
 
 # DVC (versions of the data; README: "Versions of the data (DVC)") lives in its own environment:
 # its dependencies (hydra-core's antlr4 pin) break Dagster's asset selection when both share one.
-# `make dvc-setup DVC_EXTRAS=s3,gs` adds remote plugins (dvc-s3, dvc-gs, ...).
+# Its version is the pin in requirements/dvc.in. `make dvc-setup DVC_EXTRAS=s3,gs` adds remote
+# plugins (dvc-s3, dvc-gs, ...), which the lock does not cover: they are installed by name.
 DVC_VENV := .venv-dvc
-DVC_VERSION := 3.67.1
+DVC_VERSION := $(shell sed -n 's/^dvc==//p' $(LOCK_DIR)/dvc.in)
 DVC_EXTRAS ?=
 comma := ,
 DVC_STAMP := $(DVC_VENV)/.installed-$(DVC_VERSION)$(if $(DVC_EXTRAS),-$(subst $(comma),-,$(DVC_EXTRAS)))
 dvc-env: $(DVC_STAMP)
 
-$(DVC_STAMP):
+$(DVC_STAMP): $(LOCK_DIR)/dvc.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run: make PYTHON=python3 ..."; exit 1; }
 	$(PYTHON) -m venv $(DVC_VENV)
-	$(DVC_VENV)/bin/pip install --quiet 'dvc$(if $(DVC_EXTRAS),[$(DVC_EXTRAS)])==$(DVC_VERSION)'
+	$(DVC_VENV)/bin/pip install --quiet --require-hashes -r $(LOCK_DIR)/dvc.txt
+	$(if $(DVC_EXTRAS),$(DVC_VENV)/bin/pip install --quiet 'dvc[$(DVC_EXTRAS)]==$(DVC_VERSION)')
 	touch $@
 
 # The DVC repository is the checkout (.dvc/ and dvc.yaml are tracked); this writes the machine's
@@ -65,7 +95,7 @@ dvc-setup: setup dvc-env
 	$(BIN)/gen4gen dvc setup
 
 # The paper profile needs the `paper` extra (torch, diffusers, transformers), not the ONNX
-# weights; `gen4gen check-weights` stops before any run when a model's weights are missing.
+# weights; `gen4gen check-weights` stops before any run (exit 3) when a model's weights are missing.
 DEMO_SETUP := $(if $(filter paper,$(GEN4GEN_PROFILE)),setup-paper,setup weights)
 demo: $(DEMO_SETUP)
 	$(BIN)/gen4gen check-weights
@@ -81,6 +111,10 @@ ui: setup
 
 bench: setup weights
 	$(BIN)/python bench/bench_stages.py
+
+# Peak memory (RSS) of `make demo`'s materialisation, whole process tree (--help for options).
+bench-memory: setup weights
+	$(BIN)/python bench/bench_memory.py
 
 # Committing 10,000 1024² PNGs to DVC (about 20 GB of scratch space under /tmp; --help for options).
 bench-dvc: setup dvc-env

@@ -1,4 +1,4 @@
-"""Committing many 1024² PNGs to DVC, the way gen4gen does (gen4gen/versioning.py), and why hard links.
+"""Committing many 1024² PNGs to DVC, the way gen4gen does (gen4gen/versioning/), and why hard links.
 
 Builds a scratch git + DVC repository, writes ``--files`` distinct PNGs (photo-like content,
 about 2 MB each at 1024², PNG level 1 as the pipeline writes them) into per-partition folders
@@ -11,6 +11,8 @@ functions:
 * ``recommit``: the same commit again with nothing changed;
 * ``one partition``: one rewritten image, one partition's stage committed (the cost per
   Dagster step);
+* ``one partition, checked``: the same with the step's records, as Dagster's steps commit: every
+  file's sha256 is checked against them first (a file changed since is never versioned);
 * a link-type comparison (``--link-types``) on ``--compare-files`` images, each in a fresh repository.
 
     .venv/bin/python bench/bench_dvc.py                      # 10,000 images: about 20 GB of scratch
@@ -34,11 +36,13 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gen4gen import versioning  # noqa: E402
 from gen4gen.config import PROJECT_ROOT, load_config  # noqa: E402
+from gen4gen.io import sha256_file  # noqa: E402
 
 
 def base_images(size: int, count: int = 4) -> list[bytes]:
@@ -102,9 +106,9 @@ def du(*paths: Path) -> int:
     return int(out.strip().splitlines()[-1].split()[0])
 
 
-def commit(config, keys: list[str]) -> float:
+def commit(config, keys: list[str], records=None) -> float:
     began = time.perf_counter()
-    outcome = versioning.commit_stages(config, [("recoloured", key) for key in keys], push=False)
+    outcome = versioning.commit_stages(config, [("recoloured", key) for key in keys], push=False, records=records)
     if outcome.status != "committed":
         raise SystemExit(outcome.message())
     return time.perf_counter() - began
@@ -148,6 +152,12 @@ def main() -> int:
         replacement.write_bytes(distinct_png(bases[1], 10**7))
         os.replace(replacement, first)  # as gen4gen writes: a new file renamed over the old one
         figures["one_partition_s"] = commit(config, keys[:1])
+        records = [SimpleNamespace(path=str(p), sha256=sha256_file(p))
+                   for p in sorted(config.paths.recoloured(keys[0]).iterdir())]
+        replacement.write_bytes(distinct_png(bases[2], 10**7))
+        os.replace(replacement, first)
+        records[0].sha256 = sha256_file(first)
+        figures["one_partition_checked_s"] = commit(config, keys[:1], records)
         figures["disk_bytes"] = du(config.paths.data, scratch / "main" / ".dvc" / "cache")
         shutil.rmtree(scratch / "main")
 
@@ -178,6 +188,8 @@ def main() -> int:
     print(f"  recommit, no change     {figures['recommit_s']:7.1f} s")
     print(f"  one partition           {figures['one_partition_s']:7.1f} s   (one image changed, "
           f"{args.per_partition} in the stage)")
+    print(f"  one partition, checked  {figures['one_partition_checked_s']:7.1f} s   (the same, every file's sha256 "
+          "checked against the step's records first)")
     print(f"  disk (data + cache)     {figures['disk_bytes'] / 1e9:7.1f} GB   (data alone {gb:.1f} GB)")
     if figures["link_types"]:
         print(f"link types on {args.compare_files} images:")

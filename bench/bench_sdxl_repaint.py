@@ -222,7 +222,7 @@ def main() -> int:
 
     import diffusers
     from gen4gen.config import RecolourConfig
-    from gen4gen.models.sdxl_repaint import SdxlPipelines, SdxlRepainter, _speed_options
+    from gen4gen.models.sdxl_repaint import SdxlPipelines, SdxlRepainter, apply_speed_options
 
     import transformers
 
@@ -268,7 +268,7 @@ def main() -> int:
                     module.to(dtype=dtype)
                 current_dtype = dtype
             notes: list = []
-            _speed_options(config, base, refiner, notes)  # the backend's own switches
+            apply_speed_options(config, base, refiner, notes)  # the backend's own switches
             pipes = SdxlPipelines(base, refiner, device, dtype, {"base": "random", "refiner": "random"}, notes)
             repainter = SdxlRepainter(config, [], ROOT, pipelines=pipes)
             batch = requests(config.batch_size)

@@ -76,9 +76,9 @@ def main() -> int:
         atomic_write_json(paths.registry, registry)
         timings["catalogue"] = {"seconds": time.perf_counter() - start, "items": sum(len(c["photos"]) for c in registry["concepts"])}
 
-        from gen4gen.segmentation import Segmenter
+        from gen4gen.segmentation import IsNetOnnxSegmenter
 
-        segmenter = Segmenter(config.segmentation, PROJECT_ROOT)
+        segmenter = IsNetOnnxSegmenter(config.segmentation, PROJECT_ROOT)
         store = LineageStore(paths.data)
         lineage_seconds: dict[str, float] = {}
 
@@ -96,12 +96,12 @@ def main() -> int:
             seconds += time.perf_counter() - began
             photos += len(result.manifest["photos"])
             record("segmentation", concept.key, result)
-        timings["segmentation"] = {"seconds": seconds, "items": photos, "backend": segmenter.backend_name}
+        timings["segmentation"] = {"seconds": seconds, "items": photos, "backend": segmenter.name}
 
         from gen4gen.captions import LayoutRetellingCaptioner
         from gen4gen.recolour import SceneBankRepainter
 
-        planner = LayoutPlannerResource(settings=settings)
+        planner = LayoutPlannerResource(settings=settings).backend
         scenes = discover_scene_bank(paths.backgrounds, config.input.image_extensions)
         repainter = SceneBankRepainter(scenes, config.recolour)
         captioner = LayoutRetellingCaptioner()

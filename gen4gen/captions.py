@@ -119,9 +119,15 @@ def prompt_strategies(objects: list[CaptionObject], background: str, composition
 
 
 class LayoutRetellingCaptioner:
-    """The embedded captioner: tells what the layout put where (no pixels needed)."""
+    """The embedded :class:`~gen4gen.backends.Captioner`: tells what the layout put where (no pixels needed)."""
 
     name = "layout_retelling"
+
+    def identity(self) -> dict:
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        """Nothing to release: the captioner holds no model."""
 
     def describe(self, image, objects: list[CaptionObject], background: str, canvas: int) -> str:
         return retell(objects, background, canvas)

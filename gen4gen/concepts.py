@@ -7,7 +7,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .io import BadInput, check_concept_name, ensure_inside, load_photo, sha256_file
+from .io import BadInput, check_concept_name, concept_identity, load_photo, safe_key, sha256_file
+from .removals import check_removals, forget_confirmations
+from .roots import Root, concepts_root
 
 CLASS_MAP_FILE = "prompts_and_classes.txt"
 _CLASS_LINE = re.compile(r"^\s*([^,{}'\"]+?)\s*,\s*([^,{}'\"]+?)\s*$")
@@ -81,48 +83,84 @@ def find_class_map(concepts_dir: Path, data_dir: Path, explicit: Path | None) ->
 
 def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_map_file: Path | None = None,
                       previous_tokens: dict[str, int] | None = None,
-                      previous_photos: dict[str, PhotoRecord] | None = None
-                      ) -> tuple[list[ConceptRecord], list[dict]]:
+                      previous_photos: dict[str, PhotoRecord] | None = None,
+                      catalogued: dict[str, str] | None = None) -> tuple[list[ConceptRecord], list[dict]]:
     """Every concept folder with at least one usable photo, plus the problems found.
 
-    Problems (unreadable photos, empty folders, names escaping the data directory) are
-    returned as ``{"path", "reason"}`` records; they never stop the other concepts.
+    Problems (unreadable photos, empty folders, names or links escaping the concepts folder,
+    two folders with one key, one photo in two places) are returned as ``{"path", "reason"}``
+    records; they never stop the other concepts. ``catalogued`` maps the identity
+    (:func:`gen4gen.io.concept_identity`) of each concept already in the catalogue to its folder
+    name: that folder keeps its key when another one on disk claims it. Hidden folders (names
+    starting with ".", such as add-concept's unfinished ``.adding-*`` copies) are not concepts.
     """
     problems: list[dict] = []
     if not concepts_dir.is_dir():
         return [], [{"path": str(concepts_dir), "reason": "concepts folder does not exist"}]
     class_map_path = find_class_map(concepts_dir, data_dir, class_map_file)
     class_map = read_class_map(class_map_path) if class_map_path else {}
-    # The concepts folder itself may be a link (e.g. to a shared dataset); its children may not
-    # point outside it.
-    root = concepts_dir.resolve()
-    concepts: list[ConceptRecord] = []
-    seen_keys: dict[str, str] = {}
+    root = concepts_root(concepts_dir)
+    candidates: list[tuple[str, Path]] = []
     for folder in sorted(concepts_dir.iterdir(), key=lambda p: p.name):
-        if not folder.is_dir():
+        if folder.name.startswith(".") or not folder.is_dir():
             continue
         try:
             key = check_concept_name(folder.name)
-            ensure_inside(root, folder)
+            root.check(folder)
         except BadInput as exc:
             problems.append({"path": str(folder), "reason": exc.reason})
             continue
-        if key in seen_keys:
-            problems.append({"path": str(folder), "reason": f"concept key {key!r} already used by folder {seen_keys[key]!r}; rename one"})
-            continue
+        candidates.append((key, folder))
+    concepts: list[ConceptRecord] = []
+    for key, folder in _one_folder_per_identity(candidates, catalogued or {}, problems):
         photos = _load_photos(folder, root, input_config, problems, previous_photos or {})
         if not photos:
             problems.append({"path": str(folder), "reason": "concept folder has no usable images; skipped"})
             continue
-        seen_keys[key] = folder.name
         class_name = class_map.get(folder.name) or class_map.get(key) or class_from_folder(folder.name)
         concepts.append(ConceptRecord(key=key, name=folder.name, class_name=class_name, folder=str(folder),
                                       token_index=0, photos=photos))
+    _report_duplicate_photos(concepts, problems)
     assign_tokens(concepts, previous_tokens or {})
     return concepts, problems
 
 
-def _load_photos(folder: Path, root: Path, input_config, problems: list[dict],
+def _one_folder_per_identity(candidates: list[tuple[str, Path]], catalogued: dict[str, str],
+                             problems: list[dict]) -> list[tuple[str, Path]]:
+    """One folder per concept identity: the catalogued one, else the first by name; others refused.
+
+    The catalogued folder must win: its key carries a token that captions already use.
+    """
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for key, folder in candidates:
+        groups.setdefault(concept_identity(key), []).append((key, folder))
+    chosen = []
+    for identity, group in groups.items():
+        known = catalogued.get(identity)
+        winner = next((c for c in group if c[1].name == known), group[0])
+        why = "already in the catalogue" if winner[1].name == known else "its name sorts first"
+        for key, folder in group:
+            if folder is not winner[1]:
+                problems.append({"path": str(folder), "reason": (
+                    f"its key {key!r} is the same concept as {winner[0]!r}, already used by folder "
+                    f"{winner[1].name!r} ({why}); this folder is refused: rename it or move its photos there")})
+        chosen.append(winner)
+    return sorted(chosen, key=lambda c: c[1].name)
+
+
+def _report_duplicate_photos(concepts: list[ConceptRecord], problems: list[dict]) -> None:
+    """The same photo twice (by content) is almost always a copying mistake; both are kept."""
+    first: dict[str, str] = {}
+    for concept in concepts:
+        for photo in concept.photos:
+            if photo.sha256 in first:
+                problems.append({"path": photo.file, "reason": (
+                    f"the same photo (sha256 {photo.sha256[:12]}) as {first[photo.sha256]}; both are used")})
+            else:
+                first[photo.sha256] = photo.file
+
+
+def _load_photos(folder: Path, root: Root, input_config, problems: list[dict],
                  previous: dict[str, PhotoRecord]) -> list[PhotoRecord]:
     photos: list[PhotoRecord] = []
     stems: set[str] = set()
@@ -133,29 +171,27 @@ def _load_photos(folder: Path, root: Path, input_config, problems: list[dict],
             problems.append({"path": str(path), "reason": f"not an image file extension ({path.suffix or 'none'}); ignored"})
             continue
         try:
-            ensure_inside(root, path)
-            stat = path.stat()
-            known = previous.get(str(path.resolve()))
+            real = root.check(path)
+            stat = real.stat()
+            known = previous.get(str(real))
             if known and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and known.stem not in stems:
                 photos.append(known)  # unchanged since the last catalogue: no need to decode it again
                 stems.add(known.stem)
                 continue
-            loaded = load_photo(path, input_config.min_photo_side, input_config.max_photo_megapixels,
+            loaded = load_photo(real, input_config.min_photo_side, input_config.max_photo_megapixels,
                                 input_config.downscale_long_side)
         except BadInput as exc:
             problems.append({"path": str(path), "reason": exc.reason})
             continue
         stem = _unique_stem(path.stem, stems)
         height, width = loaded.rgb.shape[:2]
-        photos.append(PhotoRecord(file=str(path.resolve()), name=path.name, stem=stem, sha256=sha256_file(path),
+        photos.append(PhotoRecord(file=str(real), name=path.name, stem=stem, sha256=sha256_file(real),
                                   width=width, height=height, warnings=loaded.warnings, size=stat.st_size,
                                   mtime_ns=stat.st_mtime_ns))
     return photos
 
 
 def _unique_stem(stem: str, taken: set[str]) -> str:
-    from .io import safe_key
-
     base = safe_key(stem) or "photo"
     candidate, n = base, 2
     while candidate in taken:
@@ -246,14 +282,22 @@ def load_registry(path: Path) -> dict:
 
 
 def build_registry(config, previous: dict) -> dict:
-    """Discover concepts, propose compositions, keep every token index stable across runs."""
+    """Discover concepts, propose compositions, keep every token index stable across runs.
+
+    Raises :class:`gen4gen.removals.CatalogueRefused` (``NoConcepts``, ``RemovalRefused``),
+    writing nothing, when the folder is missing or empty or loses too many concepts unconfirmed.
+    """
+
     paths = config.paths
     previous_tokens = {c["key"]: c["token_index"] for c in previous.get("concepts", [])}
     previous_tokens.update(previous.get("retired_concept_tokens", {}))
     previous_photos = {p["file"]: PhotoRecord(**p) for c in previous.get("concepts", []) for p in c["photos"]}
+    catalogued = {concept_identity(c["key"]): c["name"] for c in previous.get("concepts", [])}
     concepts, problems = discover_concepts(paths.concepts, paths.data, config.input, paths.class_map_file,
-                                           previous_tokens, previous_photos)
+                                           previous_tokens, previous_photos, catalogued)
     keys = [c.key for c in concepts]
+    # Raises before anything is written when concepts would vanish unconfirmed.
+    confirmed = check_removals(config, previous, keys)
     proposal = config.proposal
     previous_keys = [c["key"] for c in previous.get("concepts", [])]
     if proposal.explicit or not previous.get("compositions"):
@@ -274,6 +318,7 @@ def build_registry(config, previous: dict) -> dict:
     # Tokens of concepts/compositions that disappear are retired, never handed to another.
     retired_concepts = {k: v for k, v in previous_tokens.items() if k not in keys}
     retired_comps = {k: v for k, v in old_comp_tokens.items() if k not in compositions}
+    forget_confirmations(paths, [k for k in confirmed if k not in keys])
     return {
         "fingerprint": folder_fingerprint(paths.concepts, paths.data, paths.class_map_file),
         "concepts": [c.to_dict() for c in concepts],
@@ -297,7 +342,7 @@ def folder_fingerprint(concepts_dir: Path, data_dir: Path, class_map_file: Path 
     digest = hashlib.sha256()
     if concepts_dir.is_dir():
         for folder in sorted(concepts_dir.iterdir(), key=lambda p: p.name):
-            if folder.is_dir():
+            if folder.is_dir() and not folder.name.startswith("."):
                 for entry in sorted(folder.iterdir(), key=lambda p: p.name):
                     if entry.is_file():
                         stat = entry.stat()

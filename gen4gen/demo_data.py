@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_write_png
+from .io import atomic_write_png, concept_identity
 from .scenes import load_packaged_photo
 
 # concept folder -> packaged photos (the folder name gives the class: "coffee_cup" -> "coffee cup")
@@ -17,9 +17,17 @@ DEMO_CONCEPTS: dict[str, tuple[str, ...]] = {
 
 
 def write_demo_concepts(concepts_dir: Path) -> list[Path]:
-    """Write each sample photo as ``<concepts_dir>/<concept>/<photo>.png``; existing files are kept."""
+    """Write each sample photo as ``<concepts_dir>/<concept>/<photo>.png``; existing files are kept.
+
+    A sample whose key a folder of the user's already has (``Cat`` for ``cat``) is left out: two
+    folders of one concept would make the catalogue refuse one of them.
+    """
+    taken = ({concept_identity(f.name): f.name for f in concepts_dir.iterdir() if f.is_dir()}
+             if concepts_dir.is_dir() else {})
     written = []
     for concept, photos in DEMO_CONCEPTS.items():
+        if taken.get(concept_identity(concept), concept) != concept:
+            continue
         for name in photos:
             target = concepts_dir / concept / f"{name}.png"
             if not target.exists():

@@ -17,6 +17,8 @@ from PIL import Image
 from .concepts import concept_lookup
 from .config import PipelineConfig, resolve_path
 from .io import BadInput, load_photo, read_json
+from .report import read_jsonl
+from .roots import concepts_root, data_root, generated_root
 from .metrics import ConceptReference, EvalItem, MetricParams, class_prompt, evaluate
 
 _HELD_OUT = {"held_out", "held-out", "heldout", "unseen", "test", "eval"}
@@ -35,6 +37,7 @@ def concept_references(registry: dict, config: PipelineConfig, concepts: Iterabl
     """Each concept's reference images: its photos, or its segmented cut-outs, on white where transparent."""
     lookup = concept_lookup(registry)
     kind = config.evaluation.reference_images
+    photos_root, build_root = concepts_root(config.paths.concepts), data_root(config.paths.data)
     out: dict[str, ConceptReference] = {}
     for key in sorted(set(concepts)):
         record = lookup.get(key)
@@ -46,8 +49,8 @@ def concept_references(registry: dict, config: PipelineConfig, concepts: Iterabl
         if kind == "photos":
             for photo in record.photos:
                 try:
-                    loaded = load_photo(photo.file, config.input.min_photo_side, config.input.max_photo_megapixels,
-                                        config.input.downscale_long_side)
+                    loaded = load_photo(photos_root.check(photo.file), config.input.min_photo_side,
+                                        config.input.max_photo_megapixels, config.input.downscale_long_side)
                 except BadInput as exc:
                     if problems is not None:
                         problems.append({"path": exc.path, "reason": f"reference photo unusable: {exc.reason}"})
@@ -58,7 +61,13 @@ def concept_references(registry: dict, config: PipelineConfig, concepts: Iterabl
             manifest_path = folder / "manifest.json"
             entries = read_json(manifest_path)["photos"] if manifest_path.is_file() else []
             for entry in entries:
-                rgba = np.asarray(Image.open(folder / entry["cutout"]).convert("RGBA"))
+                try:
+                    cutout = build_root.join(entry["cutout"], base=folder)
+                except BadInput as exc:
+                    if problems is not None:
+                        problems.append({"path": str(manifest_path), "reason": f"cut-out {exc}"})
+                    continue
+                rgba = np.asarray(Image.open(cutout).convert("RGBA"))
                 images.append(_on_white(rgba[..., :3], rgba[..., 3]))
         if images:
             out[key] = ConceptReference(record.class_name, images)
@@ -67,17 +76,11 @@ def concept_references(registry: dict, config: PipelineConfig, concepts: Iterabl
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def mycanvas_items(mycanvas_dir: Path, config: PipelineConfig) -> list[EvalItem]:
     """Every accepted MyCanvas image; its prompt is a training caption with tokens replaced by class names."""
     items = []
     field = config.evaluation.mycanvas_prompt
-    for row in _read_jsonl(mycanvas_dir / "metadata.jsonl"):
+    for row in read_jsonl(mycanvas_dir / "metadata.jsonl"):
         tokens = {c["token"]: c["class_name"] for c in row["concepts"] if c.get("token")}
         items.append(EvalItem(image_id=row["image_id"], concepts=[c["concept"] for c in row["concepts"]],
                               prompt=class_prompt(row["captions"][field], tokens), kind="train",
@@ -97,15 +100,23 @@ def generated_prompts_file(config: PipelineConfig) -> Path | None:
 def generated_items(config: PipelineConfig, registry: dict, problems: list[dict]) -> list[EvalItem]:
     """Images named by the prompts JSONL (see ``EvaluationConfig``), with class-name prompts.
 
-    A line names its image(s) (``image`` or ``images``, relative to ``generated_dir``), its
+    A line names its image(s) (``image`` or ``images``, relative to ``generated_dir``: absolute
+    names, ``..`` and links leading out of that folder are refused with the line named), its
     ``prompt`` (concept tokens such as ``<new1>`` allowed), its ``concepts`` (catalogue keys or
     folder names) and optionally its ``kind`` (train / held_out) and ``tokens`` ({token: class}).
     """
     folder = resolve_path(config.evaluation.generated_dir)
+    root = generated_root(folder)
     prompts_path = generated_prompts_file(config)
     if not prompts_path.is_file():
         problems.append({"path": str(prompts_path), "reason": "prompts file of the generated images does not exist"})
         return []
+    if not config.evaluation.prompts_file:  # one the configuration names explicitly is the user's choice
+        try:
+            root.check(prompts_path)
+        except BadInput as exc:
+            problems.append({"path": str(prompts_path), "reason": exc.reason})
+            return []
     lookup = concept_lookup(registry)
     by_name = {record.name: key for key, record in lookup.items()}
     token_of = {config.caption.concept_token.format(index=r.token_index): r.class_name for r in lookup.values()}
@@ -139,8 +150,15 @@ def generated_items(config: PipelineConfig, registry: dict, problems: list[dict]
         if not images:
             problems.append({"path": where, "reason": "names no image ('image' or 'images')"})
             continue
+        if not isinstance(images, list):
+            problems.append({"path": where, "reason": "'images' is not a list of file names"})
+            continue
         for name in images:
-            path = folder / name
+            try:
+                path = root.join(name)
+            except BadInput as exc:
+                problems.append({"path": where, "reason": f"image {name!r} refused: {exc.reason}"})
+                continue
             if not path.is_file():
                 problems.append({"path": str(path), "reason": f"generated image named at {where} does not exist"})
                 continue

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -127,23 +128,38 @@ def safe_key(name: str) -> str:
     return key
 
 
+def concept_identity(name: str) -> str:
+    """What makes two concepts the same one: their keys, ignoring case.
+
+    ``Cat``, ``cat`` and ``_cat`` would share output folders on a case-insensitive disk and
+    one token in captions, so only one of them can exist.
+    """
+    return safe_key(name).casefold()
+
+
 def check_concept_name(name: str) -> str:
     """Validate a concept name given by a user; returns its key or raises BadInput."""
     if not name or not name.strip():
         raise BadInput(name, "concept name is empty")
     if "/" in name or "\\" in name or name.strip() in {".", ".."} or ".." in Path(name).parts:
         raise BadInput(name, "concept name contains a path separator or '..' and would escape the data directory")
+    if name.strip().startswith("."):
+        raise BadInput(name, "concept name starts with '.', which hides its folder from the catalogue")
     key = safe_key(name)
     if not key:
         raise BadInput(name, "concept name has no letters or digits")
     return key
 
 
-def ensure_inside(base: Path, candidate: Path) -> Path:
-    """Resolve ``candidate`` (following links) and require it to stay inside ``base``."""
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(base.resolve()):
-        raise BadInput(candidate, f"resolves to {resolved}, outside the data directory {base.resolve()}")
+def ensure_inside(base: Path, candidate: Path, what: str = "data directory") -> Path:
+    """Resolve ``candidate`` (following links) and require it to stay inside ``base``.
+
+    The one containment rule: ``gen4gen.roots`` names each ``base`` it is applied to.
+    """
+    resolved = Path(candidate).resolve()
+    root = Path(base).resolve()
+    if not resolved.is_relative_to(root):
+        raise BadInput(candidate, f"resolves to {resolved}, outside the {what} {root}; refused")
     return resolved
 
 
@@ -189,6 +205,32 @@ def derive_seed(*parts) -> int:
 
 
 # ---------------------------------------------------------------- photo loading
+# Pillow refuses images above its MAX_IMAGE_PIXELS (about 89 MP) as possible decompression bombs.
+# The platform decides instead, by how much memory decoding needs: JPEG decodes at 1/2 to 1/8
+# scale (``draft``), so it is bounded up to REDUCED_DECODE_LIMIT_MP; other formats decode in
+# full (3 bytes a pixel), up to FULL_DECODE_LIMIT_MP.
+REDUCED_DECODE_LIMIT_MP = 1000.0
+FULL_DECODE_LIMIT_MP = 180.0
+_DRAFT_FORMATS = {"JPEG", "MPO"}  # MPO: the multi-picture JPEG of many cameras
+_FORMATS_OF_EXTENSION = {
+    ".jpg": {"JPEG", "MPO"}, ".jpeg": {"JPEG", "MPO"}, ".png": {"PNG"}, ".webp": {"WEBP"},
+    ".bmp": {"BMP", "DIB"}, ".tif": {"TIFF"}, ".tiff": {"TIFF"}, ".gif": {"GIF"},
+}
+# Pillow's limit is a module global: it is raised only while this module opens a file.
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_with_our_limit(path: Path) -> Image.Image:
+    """``Image.open`` with Pillow's bomb limit at ours, for this call only (the header is read here)."""
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = int(REDUCED_DECODE_LIMIT_MP * 1e6)
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
 @dataclass
 class LoadedPhoto:
     path: Path
@@ -201,8 +243,10 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
                downscale_long_side: int = 2048) -> LoadedPhoto:
     """Load any common photo as 8-bit RGB (+ alpha when it has transparency).
 
-    Handles EXIF rotation, CMYK, greyscale, 16-bit, palette and RGBA files. Raises
-    BadInput naming the file for unreadable, truncated, tiny or absurdly large images.
+    Handles EXIF rotation, CMYK, greyscale, 16-bit, palette and RGBA files, and files whose
+    content does not match their extension (decoded by content, with a note). Photos above
+    ``max_megapixels`` are downscaled to ``downscale_long_side``, JPEGs while decoding. Raises
+    BadInput naming the file for unreadable, truncated, tiny or undecodably large images.
     """
     path = Path(path)
     notes: list[str] = []
@@ -210,17 +254,28 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = _open_with_our_limit(path)
             width, height = image.size
             megapixels = width * height / 1e6
             if min(width, height) < min_side:
                 raise BadInput(path, f"image is {width}x{height} px, smaller than the {min_side} px minimum side")
+            expected = _FORMATS_OF_EXTENSION.get(path.suffix.lower())
+            if expected and image.format not in expected:
+                notes.append(f"{path}: the file holds {image.format} data although its name ends in "
+                             f"{path.suffix}; decoded as {image.format}")
+            if getattr(image, "is_animated", False):
+                notes.append(f"{path}: animated {image.format}; its first frame is used")
+            limit = REDUCED_DECODE_LIMIT_MP if image.format in _DRAFT_FORMATS else FULL_DECODE_LIMIT_MP
+            if megapixels > limit:
+                raise BadInput(path, f"image is {width}x{height} px ({megapixels:.0f} MP), above the {limit:g} MP "
+                                     f"that {image.format} files are decoded up to")
             if megapixels > max_megapixels:
                 too_large = True
                 notes.append(
                     f"{path}: {megapixels:.1f} MP is above the {max_megapixels:g} MP limit; "
                     f"downscaled to {downscale_long_side} px on the long side")
-                if image.format == "JPEG":
+                if image.format in _DRAFT_FORMATS:
+                    # Decodes at the smallest 1/2..1/8 scale still at least this size: memory stays bounded.
                     image.draft("RGB", (downscale_long_side, downscale_long_side))
             image.load()
     except BadInput:
@@ -250,7 +305,8 @@ def load_photo(path: str | os.PathLike, min_side: int = 64, max_megapixels: floa
         alpha_array = np.asarray(image.getchannel("A"))
         if alpha_array.min() < 250:
             alpha = alpha_array.copy()
-    rgb_image = image.convert("RGB")
+    rgb_image = image if image.mode == "RGB" else image.convert("RGB")
+    del image
     # Decided on the file's size: a JPEG draft may already have shrunk it below the limit, not to the target.
     if too_large and max(rgb_image.size) > downscale_long_side:
         scale = downscale_long_side / max(rgb_image.size)

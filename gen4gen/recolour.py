@@ -107,7 +107,8 @@ def harmonise_poisson(image: np.ndarray, background: np.ndarray, masks: list[np.
 
 
 class SceneBankRepainter:
-    """Fill the background with a photo of the layout's scene, feather, and harmonise."""
+    """The embedded :class:`~gen4gen.backends.Repainter`: fill the background with a photo of the
+    layout's scene, feather, and harmonise."""
 
     name = "scene_bank"
 
@@ -116,6 +117,12 @@ class SceneBankRepainter:
         self.config = config
         # Scene photos scaled to the canvas, per (photo, canvas size): reused by every image.
         self._scaled_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "harmonisation": self.config.harmonisation, "scenes": sorted(self.scenes)}
+
+    def close(self) -> None:
+        self._scaled_cache.clear()
 
     def _scaled_photo(self, source: str, size: int) -> np.ndarray:
         if (source, size) not in self._scaled_cache:

@@ -14,7 +14,8 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_j
 from .thumbnails import cached_thumbnails, thumbnail_grid
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON Lines file; none when the file does not exist."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -113,14 +114,14 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
     states that the CLIP-based metrics were not computed because no backend is configured.
     """
     start = time.perf_counter()
-    accepted = _read_jsonl(mycanvas_dir / "metadata.jsonl")
-    rejected = _read_jsonl(mycanvas_dir / "rejected.jsonl")
+    accepted = read_jsonl(mycanvas_dir / "metadata.jsonl")
+    rejected = read_jsonl(mycanvas_dir / "rejected.jsonl")
     stats = dataset_statistics(accepted, rejected)
     export_stats = read_json(mycanvas_dir / "stats.json") if (mycanvas_dir / "stats.json").is_file() else {}
     stats["build_problems"] = export_stats.get("problems", [])
     notes = list(evaluation["not_computed"]) if evaluation is not None else _default_not_computed()
     stats["not_computed"] = notes
-    stats["evaluation"] = evaluation  # issue 7: metrics over MyCanvas and generated images (None: not run)
+    stats["evaluation"] = evaluation  # metrics over MyCanvas and generated images (None: not run)
     shown = accepted[:config.contact_sheet_max_images]
     thumbs = cached_thumbnails([(mycanvas_dir / r["file_name"], r["image_sha256"]) for r in shown],
                                out_dir / ".thumbnails", config.contact_sheet_thumb)
@@ -145,7 +146,7 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
     return stats
 
 
-# ------------------------------------------------------------------ metrics (issue 7)
+# ------------------------------------------------------------------ metrics
 _SET_TITLES = {"mycanvas": "MyCanvas", "generated": "Generated images"}
 _METRIC_COLUMNS = [("images", "images"), ("CP-CLIP", "cp_clip"), ("detection rate", "detection_rate"),
                    ("personalisation", "personalisation"), ("TI-CLIP train", ("ti_clip", "train")),

@@ -37,16 +37,34 @@ def _setting_from_name(name: str) -> str:
     return "any"
 
 
-def discover_scene_bank(backgrounds_dir: Path, extensions: list[str]) -> list[SceneSpec]:
-    """Scenes from ``<data>/backgrounds/<scene>/``; the built-in scenes when there are none."""
+def discover_scene_bank(backgrounds_dir: Path, extensions: list[str],
+                        problems: list[dict] | None = None) -> list[SceneSpec]:
+    """Scenes from ``<data>/backgrounds/<scene>/``; the built-in scenes when there are none.
+
+    A scene folder or photo whose real path leaves the scene bank (a link to elsewhere) is
+    refused and, when ``problems`` is given, reported there with the file named.
+    """
+    from .io import BadInput
+    from .roots import scene_bank_root
+
+    root = scene_bank_root(backgrounds_dir)
+    refused = problems if problems is not None else []
     scenes = []
     if backgrounds_dir.is_dir():
-        for folder in sorted(p for p in backgrounds_dir.iterdir() if p.is_dir()):
-            photos = tuple(str(p) for p in sorted(folder.iterdir())
-                           if p.is_file() and p.suffix.lower() in extensions)
+        for folder in sorted(p for p in backgrounds_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            photos = []
+            for path in sorted(folder.iterdir()):
+                if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in extensions:
+                    continue
+                try:
+                    root.check(path)
+                except BadInput as exc:
+                    refused.append({"path": str(path), "reason": exc.reason})
+                    continue
+                photos.append(str(path))
             if photos:
                 prompt = folder.name.replace("_", " ").replace("-", " ")
-                scenes.append(SceneSpec(folder.name, prompt, _setting_from_name(folder.name), photos))
+                scenes.append(SceneSpec(folder.name, prompt, _setting_from_name(folder.name), tuple(photos)))
     return scenes or list(BUILTIN_SCENES)
 
 

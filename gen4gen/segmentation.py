@@ -1,7 +1,8 @@
 """Object cut-outs: IS-Net (DIS) through onnxruntime, GrabCut when the weights are absent.
 
 Pure functions on numpy arrays; onnxruntime and OpenCV are imported inside functions so
-importing this module stays cheap.
+importing this module stays cheap. :class:`IsNetOnnxSegmenter` is the embedded
+:class:`~gen4gen.backends.Segmenter`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from gen4gen.config import SegmentationConfig
 from gen4gen.io import read_json, sha256_file
+from gen4gen.models.common import SharedModels
 
 # Connected components smaller than this fraction of the largest one are specks, dropped.
 MIN_COMPONENT_FRACTION = 0.01
@@ -20,6 +22,9 @@ MIN_COMPONENT_FRACTION = 0.01
 MAX_HOLE_FRACTION = 0.01
 # GrabCut's cost grows with pixel count; its mask is upscaled back from this long side.
 GRABCUT_LONG_SIDE = 512
+
+# IS-Net onnxruntime sessions of this process, shared by the segmenters using the same weights.
+ONNX_SESSIONS = SharedModels()
 
 
 class IsNetOnnx:
@@ -43,11 +48,14 @@ class IsNetOnnx:
         static = len(shape) == 4 and all(isinstance(d, int) for d in shape[2:])
         self.size = (shape[3], shape[2]) if static else (1024, 1024)
 
+    def close(self) -> None:
+        self.session = None  # the session's memory goes with its last reference
+
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB -> HxW float32 alpha in [0, 1]."""
         import cv2
 
-        rgb = _check_rgb(rgb)
+        rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
         resized = cv2.resize(rgb, self.size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
         tensor = ((resized - 128.0) / 256.0).transpose(2, 0, 1)[None]
@@ -60,7 +68,7 @@ def grabcut_mask(rgb: np.ndarray, margin: float = 0.05, iterations: int = 5) -> 
     """GrabCut from a rectangle ``margin`` inside the border: HxW float32 of 0.0 / 1.0."""
     import cv2
 
-    rgb = _check_rgb(rgb)
+    rgb = check_rgb(rgb)
     height, width = rgb.shape[:2]
     scale = min(1.0, GRABCUT_LONG_SIDE / max(height, width))
     small = rgb
@@ -93,7 +101,7 @@ def iterative_segment(rgb: np.ndarray, predict: Callable[[np.ndarray], np.ndarra
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    rgb = _check_rgb(rgb)
+    rgb = check_rgb(rgb)
     alpha = np.asarray(predict(rgb), dtype=np.float32)
     rounds_run = 1
     while rounds_run < rounds:
@@ -118,8 +126,13 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
 
 
-class Segmenter:
-    """Chooses the backend once, from whether the IS-Net weights file exists."""
+class IsNetOnnxSegmenter:
+    """The embedded :class:`~gen4gen.backends.Segmenter`: IS-Net on onnxruntime, GrabCut without its weights.
+
+    Chooses once, from whether the weights file exists. The onnxruntime session (about 1.9 GB)
+    is loaded on the first photo and shared with every other segmenter of the process that
+    uses the same weights; :meth:`close` gives it back, and the last one out frees it.
+    """
 
     def __init__(self, config: SegmentationConfig, project_root: Path):
         self.config = config
@@ -131,7 +144,7 @@ class Segmenter:
         self._weights_sha256: str | None = None
 
     @property
-    def backend_name(self) -> str:
+    def name(self) -> str:
         return "isnet_onnx" if self._has_weights else "grabcut"
 
     @property
@@ -143,7 +156,7 @@ class Segmenter:
 
     def identity(self) -> dict:
         return {
-            "backend": self.backend_name,
+            "backend": self.name,
             "weights_path": str(self.weights_path),
             "weights_sha256": self._weights_digest() if self._has_weights else None,
         }
@@ -152,9 +165,21 @@ class Segmenter:
         return segment_photo(rgb, alpha, self.config, "isnet_onnx",
                              self._predictor if self._has_weights else None, self.fallback_warning)
 
+    def close(self) -> None:
+        """Give the shared onnxruntime session back (freed when no other segmenter uses it)."""
+        if self._model is not None:
+            self._model = None
+            ONNX_SESSIONS.release(self.session_key)
+
+    @property
+    def session_key(self) -> tuple:
+        """This segmenter's key in ``ONNX_SESSIONS``: segmenters with the same key share a session."""
+        return (str(self.weights_path.resolve()), self.config.threads)
+
     def _predictor(self):
         if self._model is None:
-            self._model = IsNetOnnx(self.weights_path, threads=self.config.threads)
+            self._model = ONNX_SESSIONS.acquire(self.session_key,
+                                                lambda: IsNetOnnx(self.weights_path, threads=self.config.threads))
         return self._model.predict
 
     def _weights_digest(self) -> str:
@@ -165,12 +190,14 @@ class Segmenter:
         return self._weights_sha256
 
 
+
+
 def segment_photo(rgb: np.ndarray, alpha: np.ndarray | None, config, backend: str, load_predict=None,
                   fallback_warning: str | None = None) -> SegmentationResult:
     """What every segmenter does: the photo's own alpha if it has one, else iterative rounds of
     the model (``load_predict()`` returns its predict function, loaded on first need), else
     GrabCut; then the mask clean-up."""
-    rgb = _check_rgb(rgb)
+    rgb = check_rgb(rgb)
     notes: list[str] = []
     if alpha is not None and config.use_existing_alpha:
         soft, backend, rounds_run = _unit_alpha(alpha, rgb.shape[:2]), "existing_alpha", 0
@@ -189,7 +216,7 @@ def segment_photo(rgb: np.ndarray, alpha: np.ndarray | None, config, backend: st
 
 def make_cutout(rgb: np.ndarray, alpha_uint8: np.ndarray) -> np.ndarray:
     """HxWx4 uint8 RGBA from RGB and its alpha."""
-    rgb = _check_rgb(rgb)
+    rgb = check_rgb(rgb)
     if alpha_uint8.shape != rgb.shape[:2]:
         raise ValueError(f"alpha is {alpha_uint8.shape}, image is {rgb.shape[:2]}")
     return np.dstack([rgb, alpha_uint8.astype(np.uint8)])
@@ -203,7 +230,8 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` itself, after checking that it is an HxWx3 uint8 image."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} dtype {rgb.dtype}")
     return rgb

@@ -26,11 +26,11 @@ def build_resources(config_file: str | None = None, data_dir: str | None = None)
         "repaint": RepaintResource(settings=settings),
         "captioner": CaptionerResource(settings=settings),
         "lineage": LineageResource(settings=settings),
-        # CLIP screening and evaluation metrics (issue 7): None backends unless configured.
+        # CLIP screening and evaluation metrics: None backends unless configured.
         "clip": ClipResource(settings=settings),
         "detector": DetectorResource(settings=settings),
         "dino": DinoResource(settings=settings),
-        # DVC versioning (issue 4): commits each materialised stage; skipped when DVC is off or absent.
+        # DVC versioning: commits each materialised stage; skipped when DVC is off or absent.
         "dvc": DvcResource(settings=settings),
     }
 

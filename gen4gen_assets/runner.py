@@ -1,13 +1,17 @@
-"""Materialise the whole graph from the command line, stage by stage, partition by partition.
+"""Materialise the graph from the command line, partition by partition, in dependency order.
 
 Uses the same Definitions (assets, resources) as the UI and records every run in the Dagster
-instance, so the UI shows the history of what the command built.
+instance, so the UI shows the history of what the command built. What to build comes from
+``gen4gen.incremental.plan_updates``; failures are recorded per partition and retried by the
+next call, up to ``[regeneration] max_attempts``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from .factory import force_tags
+from .liveness import RunHeartbeat, clean_dead_runs, runs_in_progress
 
 # Warnings and errors on the console; the full event log is in the Dagster instance (UI).
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -17,6 +21,8 @@ QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}
 class RunSummary:
     succeeded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # held back (backoff, given up, another run)
+    cleaned: list[str] = field(default_factory=list)  # dead runs and killed writers cleaned up
     seconds: float = 0.0
     steps: int = 0  # steps actually executed (asset steps and checks)
 
@@ -32,27 +38,34 @@ def _failure_message(result) -> str:
     return "run failed"
 
 
-def materialize_all(defs, instance, log=print, concepts: list[str] | None = None,
-                    compositions: list[str] | None = None, publish: bool = True,
-                    incremental: bool = False) -> RunSummary:
-    """Catalogue, then each concept partition, each composition partition, then the dataset.
+def materialize_all(defs, instance, log=print, incremental: bool = True, verify: bool = False,
+                    honour_backoff: bool = False) -> RunSummary:
+    """Catalogue, then the concept partitions, the composition partitions, then the dataset.
 
-    ``incremental``: only the partitions whose outputs are missing or were built from other
-    inputs (``gen4gen.incremental.plan_updates``), and the dataset only if anything changed.
-    A failing partition is reported and the others go on; the export includes what was built.
+    ``incremental=False`` rebuilds every partition. A failing partition is recorded and the
+    others go on; the dataset exports every composition whose chain is current.
     """
     from gen4gen.concepts import load_registry
     from gen4gen.incremental import plan_updates
-    from gen4gen_assets.partitions import composition_partitions
 
     summary = RunSummary()
     start = time.perf_counter()
+    config = defs.resources["settings"].config
+    summary.cleaned += clean_dead_runs(instance, log)
+    summary.cleaned += commit_pending_dvc(config, log)
+    force = not incremental
 
     def run(job_name: str, label: str, partition_key: str | None = None) -> bool:
+        if partition_key is not None and runs_in_progress(instance, job_name, partition_key):
+            summary.skipped[label] = "another run is building it"
+            log(f"  skip  {label}: another run is building it")
+            return False
         job = defs.resolve_job_def(job_name)
         began = time.perf_counter()
-        result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
-                                        run_config=QUIET_RUN_CONFIG)
+        with RunHeartbeat(instance) as heartbeat:
+            result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
+                                            run_config=QUIET_RUN_CONFIG, tags={**force_tags(force),
+                                                                               **heartbeat.tags})
         summary.steps += sum(1 for event in result.all_events if event.is_step_success)
         if result.success:
             summary.succeeded.append(label)
@@ -66,25 +79,53 @@ def materialize_all(defs, instance, log=print, concepts: list[str] | None = None
     if not run("catalogue_concepts", "concept_images"):
         summary.seconds = time.perf_counter() - start
         return summary
-    paths = defs.resources["settings"].paths
-    registry = load_registry(paths.registry)
-    plan = plan_updates(registry, paths) if incremental else None
-    if concepts is None:
-        concepts = plan.concepts if plan else [c["key"] for c in registry["concepts"]]
-    if compositions is None:
-        compositions = plan.compositions if plan else [c["key"] for c in registry["compositions"]]
-    log(f"segmenting {len(concepts)} concepts")
-    for key in concepts:
-        run("segment_concepts", f"segmented_foregrounds[{key}]", key)
-    known = set(instance.get_dynamic_partitions(composition_partitions.name))
-    compositions = [c for c in compositions if c in known]
+    registry = load_registry(config.paths.registry)
+    plan = plan_updates(config, registry, verify=verify, honour_backoff=honour_backoff, force=force)
+    for step in plan.steps:
+        log(f"  plan  {step.line()}")
+    for step in plan.held_back:
+        summary.skipped[step.label] = "; ".join(step.reasons)
+    log(f"segmenting {len(plan.concepts)} concepts")
+    failed_concepts = set()
+    for key in plan.concepts:
+        if not run("segment_concepts", f"segmented_foregrounds[{key}]", key):
+            failed_concepts.add(key)
+    held = {s.key for s in plan.held_back if s.stage == "segmented_foregrounds"} | failed_concepts
+    compositions = [c for c in plan.compositions if not held.intersection(c.split("+"))]
+    for key in sorted(set(plan.compositions) - set(compositions)):
+        summary.skipped[f"compositions[{key}]"] = "a concept it uses failed or is held back"
     log(f"building {len(compositions)} compositions")
     for key in compositions:
         run("build_compositions", f"compositions[{key}]", key)
-    if publish and (plan is None or plan.publish):
+    # Re-plan: what failed above is left out of the export, which never waits for it.
+    plan = plan_updates(config, load_registry(config.paths.registry), honour_backoff=True, force=force)
+    if plan.publish:
         log("publishing the dataset")
         run("publish_dataset", "mycanvas + evaluation_report")
-    elif publish:
+    else:
         log("dataset is up to date")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def commit_pending_dvc(config, log) -> list[str]:
+    """Commit partitions a killed run made current but did not commit to DVC."""
+    folder = config.paths.build / ".state" / "dvc_pending"
+    if not folder.is_dir():
+        return []
+    pending = sorted(folder.iterdir())
+    if not pending:
+        return []
+    from gen4gen.versioning import ASSET_STAGES, commit_stages
+
+    refs = []
+    for marker in pending:
+        stage, _, key = marker.name.partition("__")
+        refs.append((ASSET_STAGES[stage], None if key == "_" else key))
+    outcome = commit_stages(config, refs)
+    if outcome.status in ("committed", "skipped"):
+        for marker in pending:
+            marker.unlink(missing_ok=True)
+    note = f"DVC: {outcome.status} {len(refs)} partition(s) left uncommitted by an interrupted run"
+    log(note)
+    return [note]

@@ -6,20 +6,25 @@ from .settings import PipelineSettings
 
 
 class DvcResource(ConfigurableResource):
-    """Commits each materialised stage to the DVC cache (``gen4gen/versioning.py``; README: DVC).
+    """Commits each materialised stage to the DVC cache (``gen4gen/versioning/``; README: DVC).
 
     DVC runs as a subprocess from its own environment; calls are serialised across step
     processes and a repository locked by another DVC process is waited for. When DVC is off or
     not installed, the step still succeeds and its metadata says DVC was skipped and why.
+
+    Nothing here runs on its own: the asset calls :meth:`commit` once its checks have passed, so
+    a stage whose checks fail is never versioned.
     """
 
     settings: PipelineSettings
 
     def commit(self, context, records=None) -> dict:
-        """Commit this step's stage after ``lineage.record``; returns metadata for the materialisation.
+        """Commit this step's stage; returns metadata for the materialisation.
 
-        ``records`` (the step's ``ArtifactRecord`` list) get the stage's DVC version in their
-        lineage rows (``data_version``); without them, the files of the stage's output are hashed.
+        ``records`` (the step's ``ArtifactRecord`` list) are checked against the files first (a
+        file whose bytes changed since is never committed: the commit fails, saying which), then
+        get the stage's DVC version in their lineage rows (``data_version``). Without them, the
+        files of the stage's output are hashed as they are now and nothing is checked.
         """
         from gen4gen.versioning import (ASSET_STAGES, commit_stages, lineage_ids_in, stage_out, stage_target,
                                         unavailable_reason)
@@ -28,10 +33,12 @@ class DvcResource(ConfigurableResource):
         kind = ASSET_STAGES[context.asset_key.to_user_string()]
         key = context.partition_key if context.has_partition_key else None
         out = stage_out(config, kind, key)
+        checked = records is not None
         if records is None:
             records = _records_of(out) if unavailable_reason(config) is None else []
         ids = lineage_ids_in(records, out, config.paths.data)
-        outcome = commit_stages(config, [(kind, key)], lineage_ids={stage_target(kind, key): ids})
+        outcome = commit_stages(config, [(kind, key)], lineage_ids={stage_target(kind, key): ids},
+                                records=records if checked else None)
         if outcome.status == "committed":
             context.log.info(f"DVC: committed {', '.join(outcome.stages)} as {outcome.version} "
                              f"({outcome.seconds:.1f} s, {outcome.lock_wait_s:.1f} s waiting for locks)")

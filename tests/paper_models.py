@@ -13,7 +13,7 @@ from pathlib import Path
 _BUILT: dict[tuple[str, str], Path] = {}
 
 
-def _once(kind: str, root: Path, build) -> Path:
+def cached_model(kind: str, root: Path, build) -> Path:
     key = (kind, str(root))
     if key not in _BUILT:
         target = Path(root) / kind
@@ -24,7 +24,7 @@ def _once(kind: str, root: Path, build) -> Path:
 
 
 # ------------------------------------------------------------------ tokenizers
-def _byte_vocab() -> dict[str, int]:
+def byte_vocab() -> dict[str, int]:
     """256 byte characters, their ``</w>`` forms, then the two special tokens LAST (ids 512, 513)."""
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -40,7 +40,7 @@ def _byte_vocab() -> dict[str, int]:
 def tiny_clip_tokenizer():
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(vocab=_byte_vocab(), merges=[], model_max_length=77)
+    return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
 
 
 # ------------------------------------------------------------------ SDXL inpainting + refiner
@@ -114,11 +114,11 @@ def build_sdxl_refiner(target: Path) -> None:
 
 
 def sdxl_inpaint(root: Path) -> Path:
-    return _once("sdxl-inpaint", root, build_sdxl_inpaint)
+    return cached_model("sdxl-inpaint", root, build_sdxl_inpaint)
 
 
 def sdxl_refiner(root: Path) -> Path:
-    return _once("sdxl-refiner", root, build_sdxl_refiner)
+    return cached_model("sdxl-refiner", root, build_sdxl_refiner)
 
 
 # ------------------------------------------------------------------ IS-Net
@@ -135,7 +135,7 @@ def build_isnet_checkpoint(target: Path) -> None:
 
 
 def isnet_checkpoint(root: Path) -> Path:
-    return _once("isnet-random.pth", root, build_isnet_checkpoint)
+    return cached_model("isnet-random.pth", root, build_isnet_checkpoint)
 
 
 # ------------------------------------------------------------------ BiRefNet-style remote code
@@ -208,7 +208,7 @@ def build_birefnet(target: Path) -> None:
 
 
 def birefnet(root: Path) -> Path:
-    return _once("birefnet-tiny", root, build_birefnet)
+    return cached_model("birefnet-tiny", root, build_birefnet)
 
 
 # ------------------------------------------------------------------ LLaVA-style VLM
@@ -256,4 +256,4 @@ def build_llava(target: Path) -> None:
 
 
 def llava(root: Path) -> Path:
-    return _once("llava-tiny", root, build_llava)
+    return cached_model("llava-tiny", root, build_llava)

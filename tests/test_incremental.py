@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ def _snapshot(data: Path) -> dict[str, tuple[bytes, int]]:
 
     Hidden caches (preview thumbnails, the export check's hash cache) and the catalogue are
     bookkeeping that grows with the dataset, not outputs."""
-    files = [p for p in (data / "build").rglob("*") if p.is_file() and p.name != "concepts.json"
+    files = [p for p in (data / "build").rglob("*") if p.is_file() and p.name != "concepts.json" and "catalogue" not in p.parts
              and not any(part.startswith(".") for part in p.relative_to(data).parts)]
     files += list((data / "mycanvas").glob("*.png"))
     return {str(p.relative_to(data)): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
@@ -110,9 +109,12 @@ def test_changing_a_photo_rebuilds_only_that_concepts_descendants(built):
 
 
 def test_removing_a_concept_drops_exactly_its_images(built):
-    data, _, instance, defs = built
+    data, config_file, instance, defs = built
     exported_before = _exported(data)
-    shutil.rmtree(data / "concepts/blue box")
+    # In process, so the test's instance sees the runs (same code path as the command).
+    assert cli(["--config", str(config_file), "remove-concept", "blue box", "--no-build"]) == 0
+    assert not (data / "concepts/blue box").exists()
+    assert any(p.name.startswith("blue box") for p in (data / "removed").iterdir())  # photos kept aside
     summary = materialize_all(defs, instance, log=lambda *_: None, incremental=True)
     assert not summary.failed
     exported = _exported(data)
@@ -120,8 +122,8 @@ def test_removing_a_concept_drops_exactly_its_images(built):
     assert set(exported) == expected
     assert "blue_box" not in instance.get_dynamic_partitions("concepts")
     assert all("blue_box" not in k for k in instance.get_dynamic_partitions("compositions"))
-    # History stays: the segmented files and their lineage rows remain.
-    assert (data / "build/segmented/blue_box/manifest.json").is_file()
+    # Its rebuildable outputs are cleaned; the lineage database keeps their history.
+    assert not (data / "build/segmented/blue_box").exists()
 
 
 def test_extend_compositions_keeps_existing_and_bounds_new():
@@ -148,7 +150,7 @@ def test_sensor_requests_runs_in_dependency_order(small_project):
 
     first = tick()
     assert [r.job_name for r in first.run_requests] == ["catalogue_concepts"]
-    materialize_all(defs, instance, log=lambda *_: None, concepts=[], compositions=[], publish=False)
+    defs.resolve_job_def("catalogue_concepts").execute_in_process(instance=instance)
     second = tick()
     assert sorted((r.job_name, r.partition_key) for r in second.run_requests) == [
         ("segment_concepts", k) for k in ("blue_box", "green_cone", "red_ball")]

@@ -126,15 +126,16 @@ def test_preflight_accepts_local_model_folders(clean_env, tmp_path):
 
 def test_materialize_under_the_paper_profile_fails_fast_before_any_run(clean_env, tmp_path, capsys):
     clean_env.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "data").mkdir()
     start = time.perf_counter()
     code = main(["--profile", "paper", "materialize", "--data-dir", str(tmp_path / "data")])
     elapsed = time.perf_counter() - start
     err = capsys.readouterr().err
-    assert code == 2 and elapsed < 5
+    assert code == 3 and elapsed < 5  # exit 3: weights missing (2 is an invalid configuration)
     assert "missing model weights for profile 'paper'" in err and "nothing was run" in err
     assert err.count("\n  - ") == 6
     assert not (tmp_path / "dagster_home").exists()  # no Dagster instance, no run
-    assert main(["--profile", "paper", "check-weights"]) == 2
+    assert main(["--profile", "paper", "check-weights"]) == 3
     clean_env.setenv("GEN4GEN_PROFILE", "")
     assert main(["check-weights"]) == 0
 
@@ -148,7 +149,6 @@ def test_makefile_writes_the_gpu_pool_limit_and_dagster_applies_it(clean_env, tm
     from gen4gen_assets.captioning import captions
     from gen4gen_assets.definitions import build_definitions
     from gen4gen_assets.recolouring import recoloured_images
-    from gen4gen_assets.runner import materialize_all
     from gen4gen_assets.segmentation import segmented_foregrounds
 
     assert {a.op.pool for a in (segmented_foregrounds, recoloured_images, captions)} == {"gpu"}
@@ -157,9 +157,12 @@ def test_makefile_writes_the_gpu_pool_limit_and_dagster_applies_it(clean_env, tm
                    check=True, env={k: v for k, v in os.environ.items() if k != "MAKEFLAGS"})
     assert "default_limit: 3" in (home / "dagster.yaml").read_text()
     _, _, config_file = small_project
+    defs = build_definitions(config_file=str(config_file))
     with DagsterInstance.from_config(str(home)) as instance:
-        summary = materialize_all(build_definitions(config_file=str(config_file)), instance, log=lambda *_: None,
-                                  concepts=["green_cone"], compositions=[], publish=False)
-        assert not summary.failed, summary.failed
+        # The catalogue registers the partitions; one concept's segmentation is a pool="gpu" step.
+        for job, partition in (("catalogue_concepts", None), ("segment_concepts", "green_cone")):
+            result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                                  raise_on_error=False)
+            assert result.success, job
         limits = {pool.name: pool.limit for pool in instance.event_log_storage.get_pool_limits()}
     assert limits.get("gpu") == 3

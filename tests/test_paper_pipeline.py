@@ -86,8 +86,8 @@ model = "{owlvit_dir(models).as_posix()}"
 threshold = 0.0
 device = "cpu"
 [screening]
-caption_score = {{ min = -2.0 }}
-concept_similarity = {{ min = -2.0 }}
+caption_score = {{ min = -1.0 }}
+concept_similarity = {{ min = -1.0 }}
 """, encoding="utf-8")
         mp = pytest.MonkeyPatch()
         mp.setenv("GEN4GEN_PROFILE", "paper")  # the profile comes from the environment, as with `make PROFILE=paper`

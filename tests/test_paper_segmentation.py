@@ -116,7 +116,7 @@ def test_resource_selects_the_backend_by_configuration(models_root, tmp_path, mo
     config.write_text(f'profile = "paper"\n[segmentation]\nisnet_checkpoint = "{checkpoint}"\ninput_size = 64\n'
                       'device = "cpu"\n')
     resource = SegmentationResource(settings=PipelineSettings(config_file=str(config)))
-    assert resource.segmenter.backend_name == "isnet_torch" and resource.segmenter.fallback_warning is None
+    assert resource.backend.name == "isnet_torch" and resource.backend.fallback_warning is None
     config.write_text('[segmentation]\nbackend = "isnet_onnx"\n')
     resource = SegmentationResource(settings=PipelineSettings(config_file=str(config)))
-    assert resource.segmenter.backend_name in ("isnet_onnx", "grabcut")
+    assert resource.backend.name in ("isnet_onnx", "grabcut")

@@ -28,7 +28,8 @@ from gen4gen_assets.runner import materialize_all
 
 from .conftest import create_small_project
 
-PERMISSIVE = {"caption_score": {"min": -2.0}, "concept_similarity": {"min": -2.0}}
+# A cosine similarity is never below -1: thresholds that screen nothing out.
+PERMISSIVE = {"caption_score": {"min": -1.0}, "concept_similarity": {"min": -1.0}}
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_absolute_caption_threshold(project):
     threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two (rounded) scores
     _, _, accepted2, rejected2 = _export(project, ScreeningModels(HashClip()), **CLIP_ON,
                                          screening={"caption_score": {"min": threshold},
-                                                    "concept_similarity": {"min": -2.0}})
+                                                    "concept_similarity": {"min": -1.0}})
     assert all(r["screening"]["caption_score"] >= threshold for r in accepted2)
     screened = [r for r in rejected2 if "low_clip_score" in r["reason_codes"]]
     assert len(screened) == sum(s < threshold for s in scores) == len(accepted) - len(accepted2)
@@ -138,7 +139,7 @@ def test_top_fraction_keeps_the_best_scoring_images(project):
     _, data, _ = project
     _, _, before, _ = _export(project, ScreeningModels(HashClip()), screening=PERMISSIVE, **CLIP_ON)
     config, _, accepted, rejected = _export(project, ScreeningModels(HashClip()), **CLIP_ON, screening={
-        "caption_score": {"top_fraction": 0.3}, "concept_similarity": {"min": -2.0}})
+        "caption_score": {"top_fraction": 0.3}, "concept_similarity": {"min": -1.0}})
     n = len(before)
     assert len(accepted) == math.ceil(0.3 * n)
     kept = [r["screening"]["caption_score"] for r in accepted]
@@ -156,7 +157,7 @@ def test_concept_similarity_threshold(project):
     lowest = sorted(min(r["screening"]["concept_similarity"]) for r in everything)
     threshold = (lowest[len(lowest) // 2 - 1] + lowest[len(lowest) // 2]) / 2
     _, _, accepted, rejected = _export(project, ScreeningModels(HashClip()), **CLIP_ON, screening={
-        "caption_score": {"min": -2.0}, "concept_similarity": {"min": threshold}})
+        "caption_score": {"min": -1.0}, "concept_similarity": {"min": threshold}})
     assert all(min(r["screening"]["concept_similarity"]) >= threshold for r in accepted)
     screened = [r for r in rejected if "low_concept_similarity" in r["reason_codes"]]
     assert len(screened) == sum(v < threshold for v in lowest)
@@ -185,7 +186,7 @@ def test_detector_must_find_every_concept(project):
 def test_review_overrides_have_the_last_word(project):
     root, data, _ = project
     _, _, accepted, rejected = _export(project, ScreeningModels(HashClip()), **CLIP_ON, screening={
-        "caption_score": {"top_fraction": 0.5}, "concept_similarity": {"min": -2.0}})
+        "caption_score": {"top_fraction": 0.5}, "concept_similarity": {"min": -1.0}})
     screened_out = next(r for r in rejected if "low_clip_score" in r["reason_codes"])
     kept = accepted[0]
     geometric = _geometric(rejected)
@@ -196,7 +197,7 @@ def test_review_overrides_have_the_last_word(project):
         lines.append(f"{geometric[0]['image_id']},accept")
     overrides.write_text("\n".join(lines) + "\n")
     _, result, accepted2, rejected2 = _export(project, ScreeningModels(HashClip()), **CLIP_ON, screening={
-        "caption_score": {"top_fraction": 0.5}, "concept_similarity": {"min": -2.0}, "overrides_file": str(overrides)})
+        "caption_score": {"top_fraction": 0.5}, "concept_similarity": {"min": -1.0}, "overrides_file": str(overrides)})
     by_id = {r["image_id"]: r for r in accepted2}
     revived = by_id[screened_out["image_id"]]
     assert revived["screening"]["review"] == "accept" and revived["screening"]["review_note"] == "looks fine to me"
@@ -318,7 +319,7 @@ backend = "transformers"
 model = "{dino_dir(models).as_posix()}"
 device = "cpu"
 [screening]
-caption_score = {{ min = -2.0 }}
+caption_score = {{ min = -1.0 }}
 concept_similarity = {{ top_fraction = 0.5 }}
 [evaluation]
 generated_dir = "{generated.as_posix()}"

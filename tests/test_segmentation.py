@@ -12,7 +12,7 @@ import pytest
 
 from gen4gen import weights
 from gen4gen.config import SegmentationConfig
-from gen4gen.segmentation import (Segmenter, grabcut_mask, iterative_segment, make_cutout,
+from gen4gen.segmentation import (IsNetOnnxSegmenter, grabcut_mask, iterative_segment, make_cutout,
                                   mask_bbox)
 from gen4gen.weights import fetch_isnet
 
@@ -72,7 +72,7 @@ def test_grabcut_separates_object_from_background():
 @pytest.mark.skipif(not ISNET_WEIGHTS.is_file(), reason="IS-Net weights absent: run `make weights`")
 def test_isnet_segments_salient_object():
     image, truth = _shaded_ball_on_paper()
-    segmenter = Segmenter(SegmentationConfig(rounds=1), ROOT)
+    segmenter = IsNetOnnxSegmenter(SegmentationConfig(rounds=1), ROOT)
     result = segmenter.segment(image)
     assert (result.backend, result.rounds_run, result.warnings) == ("isnet_onnx", 1, [])
     assert result.alpha.dtype == np.uint8 and result.alpha.shape == truth.shape
@@ -84,8 +84,8 @@ def test_isnet_segments_salient_object():
 
 def test_missing_weights_fall_back_to_grabcut_loudly(tmp_path):
     missing = tmp_path / "nowhere" / "isnet.onnx"
-    segmenter = Segmenter(SegmentationConfig(weights_path=str(missing)), ROOT)
-    assert segmenter.backend_name == "grabcut"
+    segmenter = IsNetOnnxSegmenter(SegmentationConfig(weights_path=str(missing)), ROOT)
+    assert segmenter.name == "grabcut"
     assert str(missing) in segmenter.fallback_warning and "make weights" in segmenter.fallback_warning
     assert segmenter.identity() == {"backend": "grabcut", "weights_path": str(missing), "weights_sha256": None}
     image, truth = _textured_ellipse_on_grass()
@@ -95,7 +95,7 @@ def test_missing_weights_fall_back_to_grabcut_loudly(tmp_path):
 
 
 def test_relative_weights_path_resolves_under_project_root(tmp_path):
-    segmenter = Segmenter(SegmentationConfig(weights_path="w/m.onnx"), tmp_path)
+    segmenter = IsNetOnnxSegmenter(SegmentationConfig(weights_path="w/m.onnx"), tmp_path)
     assert segmenter.weights_path == tmp_path / "w" / "m.onnx"
 
 
@@ -105,19 +105,19 @@ def test_existing_alpha_is_used_and_cleaned(tmp_path):
     alpha[5:8, 5:8] = 255  # a speck far from the object
     alpha[128:131, 148:151] = 0  # a pinhole inside it
     config = SegmentationConfig(weights_path=str(tmp_path / "absent.onnx"))
-    result = Segmenter(config, ROOT).segment(image, alpha=alpha)
+    result = IsNetOnnxSegmenter(config, ROOT).segment(image, alpha=alpha)
     assert (result.backend, result.rounds_run, result.warnings) == ("existing_alpha", 0, [])
     np.testing.assert_array_equal(result.mask > 0, truth)
     assert result.alpha[6, 6] == 0 and result.alpha[129, 149] == 255 and result.alpha[130, 100] == 200
 
-    ignored = Segmenter(config.model_copy(update={"use_existing_alpha": False}), ROOT).segment(image, alpha=alpha)
+    ignored = IsNetOnnxSegmenter(config.model_copy(update={"use_existing_alpha": False}), ROOT).segment(image, alpha=alpha)
     assert ignored.backend == "grabcut"
 
 
 def test_empty_result_is_reported(tmp_path):
     image, _ = _textured_ellipse_on_grass()
     config = SegmentationConfig(weights_path=str(tmp_path / "absent.onnx"))
-    result = Segmenter(config, ROOT).segment(image, alpha=np.zeros(image.shape[:2], np.uint8))
+    result = IsNetOnnxSegmenter(config, ROOT).segment(image, alpha=np.zeros(image.shape[:2], np.uint8))
     assert not result.mask.any() and "no foreground" in result.warnings[0]
     assert mask_bbox(result.mask) is None
 

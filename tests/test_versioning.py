@@ -1,4 +1,4 @@
-"""DVC versioning (issue 4) with the real DVC, in temporary git repositories.
+"""DVC versioning with the real DVC, in temporary git repositories: commits, versions, switching.
 
 DVC 3.67.1 lives in its own environment (.venv-dvc, `make dvc-env`; `make test` installs it):
 these tests skip where it is absent. Nothing here touches the checkout's data/ or .dvc state.
@@ -9,8 +9,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,8 @@ from dagster import AssetKey, DagsterInstance
 from gen4gen import versioning
 from gen4gen.cli import main as cli
 from gen4gen.config import PROJECT_ROOT, load_config
-from gen4gen.lineage import LineageStore
+from gen4gen.fingerprints import FINGERPRINT_FILE
+from gen4gen.lineage import JOURNAL_NAME, LineageStore
 from gen4gen_assets.definitions import build_definitions
 from gen4gen_assets.runner import materialize_all
 
@@ -87,6 +86,13 @@ class Project:
         assert not summary.failed, summary.failed
         return summary
 
+    def build_catalogue(self) -> str | None:
+        """Only the catalogue (the concept_images asset); returns the step's failure message, if any."""
+        job = build_definitions(config_file=str(self.config_file)).resolve_job_def("catalogue_concepts")
+        result = job.execute_in_process(instance=self.instance, raise_on_error=False)
+        failures = [str(event.step_failure_data.error.message) for event in result.all_events if event.is_step_failure]
+        return "\n".join(failures) if not result.success else None
+
     def metadata(self, asset: str) -> dict:
         event = self.instance.get_latest_materialization_event(AssetKey(asset))
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
@@ -116,13 +122,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def dvc_env(tmp_path, monkeypatch):
-    # DVC keeps its hash cache (state) in a site cache folder; keep the tests' one private.
+def isolate_dvc(tmp_path: Path, monkeypatch) -> Path:
+    """Keep DVC's hash cache (state, in a site cache folder) private and gen4gen's settings default."""
     monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
     for name in ("GEN4GEN_CONFIG", "GEN4GEN_DATA_DIR", "GEN4GEN_PROFILE", "DVC_STAGE"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def dvc_env(tmp_path, monkeypatch):
+    return isolate_dvc(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -198,6 +208,7 @@ def test_two_versions_with_different_concepts_switch_back_and_forth(built):
     assert versioning.status(project.config) == {}
     v2_files = project.tracked_files()
     v2 = project.commit_version("dataset v2: three concepts")
+    blue_box = versioning.stage_version(project.config, "segmented", "blue_box")
     assert {p.split("/")[2] for p in v2_files if p.startswith("build/segmented/")} == {"red_ball", "blue_box",
                                                                                       "green_cone"}
     assert v1_files != v2_files
@@ -217,12 +228,22 @@ def test_two_versions_with_different_concepts_switch_back_and_forth(built):
         _check_lineage_names_the_version(project)
 
     # A concept removed from the catalogue takes its stage files along (its data stay in the
-    # versions that have them).
-    shutil.rmtree(project.data / "concepts" / "blue box")
+    # versions that have them). Removed while on v2: the new version follows it.
+    _git(project.root, "checkout", "-q", v2)
+    versioning.checkout_data(project.config)
+    assert cli(["--config", str(project.config_file), "remove-concept", "blue box", "--no-build"]) == 0
     project.build()
     assert not (project.root / "dvc-stages/concepts/blue_box").exists()
     assert not [p for p in (project.root / "dvc-stages/compositions").iterdir() if "blue_box" in p.name]
     assert versioning.status(project.config) == {}
+    # Its history stays: the versions that had it still list it, and bring its data back.
+    assert versioning.cache_object(versioning.cache_dir(project.root), blue_box).is_file()
+    v3 = project.commit_version("dataset v3: blue box removed")
+    partitions = {v["commit"]: v["stages"]["segmented"]["partitions"] for v in versioning.list_versions(project.config)}
+    assert partitions == {v3: 2, v2: 3, v1: 2}
+    _git(project.root, "checkout", "-q", v2)
+    versioning.checkout_data(project.config)
+    assert project.tracked_files() == v2_files
 
 
 def _check_lineage_names_the_version(project: Project) -> None:
@@ -231,9 +252,11 @@ def _check_lineage_names_the_version(project: Project) -> None:
     files = project.tracked_files()
     rows = project.lineage_rows()
     known = {(r["path"], r["sha256"]) for r in rows}
-    # Not lineage artifacts themselves: the lineage exported beside the dataset, and the report's
-    # thumbnail cache (a hidden folder).
-    unrecorded = [p for p in files if p.startswith("mycanvas/lineage_") or "/." in p]
+    # Not lineage artifacts themselves: the lineage exported beside the dataset, the report's
+    # thumbnail cache (a hidden folder), and each partition's bookkeeping (its build fingerprint
+    # and its lineage journal, which cannot record itself).
+    unrecorded = [p for p in files if p.startswith("mycanvas/lineage_") or "/." in p
+                  or p.rsplit("/", 1)[-1] in (FINGERPRINT_FILE, JOURNAL_NAME)]
     missing = [path for path, sha in files.items() if (path, sha) not in known and path not in unrecorded]
     assert not missing, missing[:5]
     versions = {out["md5"] for entry in versioning.read_locks(project.root).values()
@@ -283,139 +306,3 @@ def test_checkout_keeps_uncommitted_changes_unless_forced(built):
     assert image.read_bytes().endswith(b"edited")
     versioning.checkout_data(project.config, force=True)
     assert project.tracked_files() == before
-
-
-# ------------------------------------------------------------------------------------------ faults
-@needs_dvc
-def test_missing_remote_says_what_to_do(built, capsys):
-    project = built
-    dvc = versioning.Dvc.from_config(project.config)
-    dvc.run("remote", "remove", "--local", "local")
-    with pytest.raises(versioning.DvcError) as raised:
-        versioning.push_data(project.config)
-    assert "no DVC remote" in raised.value.message and "make dvc-setup" in raised.value.advice
-    assert cli(["--config", str(project.config_file), "dvc", "push"]) == 2
-    assert "dvc remote add" in capsys.readouterr().err
-
-
-@needs_dvc
-def test_unreachable_remote_keeps_the_committed_data(built, tmp_path):
-    project = built
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the remote should be")
-    dvc = versioning.Dvc.from_config(project.config)
-    dvc.run("remote", "modify", "--local", "local", "url", str(blocker / "remote"))
-    before = project.tracked_files()
-    with pytest.raises(versioning.DvcError) as raised:
-        versioning.push_data(project.config)
-    assert "could not push" in raised.value.message and "nothing was lost" in raised.value.advice
-    assert project.tracked_files() == before and versioning.status(project.config) == {}
-
-
-@needs_dvc
-def test_push_failure_after_a_commit_is_reported_not_fatal(dvc_env, tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.write_text("x")
-    project = Project(dvc_env, 'push = true\n').setup()
-    dvc = versioning.Dvc.from_config(project.config)
-    dvc.run("remote", "modify", "--local", "local", "url", str(blocker / "remote"))
-    materialize_all(build_definitions(config_file=str(project.config_file)), project.instance, log=lambda *_: None,
-                    concepts=[], compositions=[], publish=False)  # the catalogue only
-    metadata = project.metadata("concept_images")
-    assert metadata["dvc"] == "committed" and metadata["dvc_pushed"] is False
-    assert "could not push" in metadata["dvc_push_error"]
-
-
-def _hold_dvc_lock(root: Path, seconds: float) -> subprocess.Popen:
-    """Another DVC process holding the repository lock, as a long `dvc` command would."""
-    python = DVC.parent / "python"
-    script = ("import sys, time\nfrom dvc.lock import Lock\nlock = Lock(sys.argv[1])\nlock.lock()\n"
-              "print('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\nlock.unlock()\n")
-    holder = subprocess.Popen([str(python), "-c", script, str(root / ".dvc" / "tmp" / "lock"), str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
-
-@needs_dvc
-def test_locked_repository_is_waited_for(built):
-    project = built
-    (project.data / "mycanvas" / "notes.txt").write_text("changed while another DVC process runs")
-    holder = _hold_dvc_lock(project.root, 2.0)
-    try:
-        began = time.monotonic()
-        outcome = versioning.commit_stages(project.config, [("mycanvas", None)])
-        waited = time.monotonic() - began
-    finally:
-        holder.wait(timeout=30)
-    assert outcome.status == "committed", outcome.message()
-    assert waited >= 1.0 and outcome.lock_wait_s >= 1.0
-    assert set(versioning.status(project.config)) == {"reports"}  # built from the previous mycanvas
-
-
-@needs_dvc
-def test_lock_held_too_long_fails_cleanly_and_commits_later(dvc_env):
-    project = Project(dvc_env, "lock_wait_s = 1.0\n").setup()
-    project.build()
-    stage_files = {p: p.read_bytes() for p in sorted(project.root.glob("**/dvc.*")) if ".dvc" not in p.parts}
-    # A new concept is materialised while another DVC process holds the repository.
-    make_concepts(project.data / "concepts", {"green_cone": [("triangle", (40, 170, 60))]})
-    holder = _hold_dvc_lock(project.root, 60)
-    try:
-        summary = materialize_all(build_definitions(config_file=str(project.config_file)), project.instance,
-                                  log=lambda *_: None, incremental=True)
-        assert not summary.failed  # [dvc] on_error = "warn": the data are materialised regardless
-        metadata = project.metadata("segmented_foregrounds")
-        assert metadata["dvc"] == "failed" and "locked" in metadata["dvc_reason"]
-        assert "gen4gen dvc commit" in metadata["dvc_what_to_do"]
-        # Not half-committed: the stage files are exactly as before, none for the new partitions.
-        now = {p: p.read_bytes() for p in sorted(project.root.glob("**/dvc.*")) if ".dvc" not in p.parts}
-        assert now == stage_files
-        # The data and their lineage are there.
-        assert (project.data / "build/segmented/green_cone/manifest.json").is_file()
-        assert any(r["path"].startswith("build/segmented/green_cone/") for r in project.lineage_rows())
-    finally:
-        holder.kill()
-        holder.wait()
-    assert cli(["--config", str(project.config_file), "dvc", "commit"]) == 0
-    assert versioning.status(project.config) == {}
-    rows = [r for r in project.lineage_rows() if r["path"].startswith("build/segmented/green_cone/")]
-    assert rows and all(r["data_version"] for r in rows)
-
-
-@needs_dvc
-def test_failed_commit_with_on_error_fail_fails_the_step(dvc_env):
-    project = Project(dvc_env, 'on_error = "fail"\nlock_wait_s = 0.5\n').setup()
-    holder = _hold_dvc_lock(project.root, 60)
-    try:
-        summary = materialize_all(build_definitions(config_file=str(project.config_file)), project.instance,
-                                  log=lambda *_: None, concepts=[], compositions=[], publish=False)
-    finally:
-        holder.kill()
-        holder.wait()
-    assert "concept_images" in summary.failed and "locked" in summary.failed["concept_images"]
-    assert (project.data / "build/concepts.json").is_file()  # the catalogue itself was written
-
-
-def test_dvc_not_installed_skips_with_a_clear_reason(dvc_env, tmp_path, capsys):
-    project = Project(dvc_env, f'executable = "{(tmp_path / "no-dvc" / "bin" / "dvc").as_posix()}"\n')
-    materialize_all(build_definitions(config_file=str(project.config_file)), project.instance, log=lambda *_: None,
-                    concepts=[], compositions=[], publish=False)
-    metadata = project.metadata("concept_images")
-    assert metadata["dvc"] == "skipped"
-    assert "not installed" in metadata["dvc_reason"] and "make dvc-setup" in metadata["dvc_what_to_do"]
-    assert (project.data / "build/concepts.json").is_file() and project.lineage_rows()
-    assert cli(["--config", str(project.config_file), "dvc", "status"]) == 2
-    assert "make dvc-setup" in capsys.readouterr().err
-
-
-def test_disabled_outside_the_repository_or_inside_dvc_repro_is_skipped(dvc_env, tmp_path, monkeypatch):
-    project = Project(dvc_env, "enabled = false\n")
-    assert "switched off" in versioning.unavailable_reason(project.config).message
-    (project.root / ".dvc").mkdir()
-    dvc = {"executable": sys.executable, "root": str(project.root)}
-    assert versioning.unavailable_reason(load_config(project.config_file, dvc=dvc)) is None
-    outside = load_config(project.config_file, data_dir=str(tmp_path / "elsewhere"), dvc=dvc)
-    assert "outside the DVC repository" in versioning.unavailable_reason(outside).message
-    monkeypatch.setenv("DVC_STAGE", "dvc.yaml:mycanvas")
-    assert "dvc repro" in versioning.unavailable_reason(load_config(project.config_file, dvc=dvc)).message

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 # One cache of built folders and one byte-level vocabulary for every tiny model of the suite.
-from .paper_models import _byte_vocab, _once
+from .paper_models import byte_vocab, cached_model
 
 TINY_CLIP_CFG = {"embed_dim": 32,
                  "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
@@ -33,7 +33,7 @@ def build_open_clip(target: Path) -> None:
 
 
 def open_clip_dir(root: Path) -> Path:
-    return _once("open_clip", root, build_open_clip)
+    return cached_model("open_clip", root, build_open_clip)
 
 
 def register_tiny_clip_name(root: Path) -> str:
@@ -49,7 +49,7 @@ def register_tiny_clip_name(root: Path) -> str:
 
 # ------------------------------------------------------------------ OWL-ViT / OWLv2
 def _owl_configs():
-    vocab = _byte_vocab()
+    vocab = byte_vocab()
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"],
                 eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
@@ -103,11 +103,11 @@ def build_owlv2(target: Path) -> None:
 
 
 def owlvit_dir(root: Path) -> Path:
-    return _once("owlvit", root, build_owlvit)
+    return cached_model("owlvit", root, build_owlvit)
 
 
 def owlv2_dir(root: Path) -> Path:
-    return _once("owlv2", root, build_owlv2)
+    return cached_model("owlv2", root, build_owlv2)
 
 
 # ------------------------------------------------------------------ DINO
@@ -123,4 +123,4 @@ def build_dino(target: Path) -> None:
 
 
 def dino_dir(root: Path) -> Path:
-    return _once("dino", root, build_dino)
+    return cached_model("dino", root, build_dino)

@@ -1,36 +1,36 @@
 """CLIP (open_clip), the open-vocabulary detector (OWL-ViT / OWLv2) and DINO, for screening and metrics.
 
-The backends implement the protocols of :mod:`gen4gen.metrics`. Importing this module is cheap:
-torch, open_clip and transformers are imported inside the loaders. Loaded models are kept per
-process (keyed by their configuration), so a Dagster step process or a test session loads each
-model once.
+The backends implement :class:`~gen4gen.backends.ClipEmbedder`, :class:`~gen4gen.backends.Detector`
+and :class:`~gen4gen.backends.ImageEmbedder`. Importing this module is cheap: torch, open_clip
+and transformers are imported inside the loaders. Loaded models are kept for the life of the
+process (keyed by their configuration), so a Dagster step process, a GPU worker or a test
+session loads each model once; :func:`clear_cache` drops them. Where the weights come from is
+:mod:`gen4gen.models.clip_weights`.
 
 Weights are never downloaded when ``HF_HUB_OFFLINE=1``: a missing model raises
 :class:`~gen4gen.models.common.MissingWeightsError` naming it and how to obtain it.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
 import threading
-import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .common import (MissingWeightsError, WeightSpec, dtype_name, hf_offline, load_source, locate, map_in_batches,
-                     resolve_device, resolve_dtype)
+# Re-exported: the weights preflight and callers locate weights through this module.
+from .clip_weights import (OpenClipSource, detector_weight_spec, dino_weight_spec, open_clip_advice,
+                           pretrained_table, resolve_open_clip, weight_specs)
+from .common import MissingWeightsError, dtype_name, load_source, locate, map_in_batches, resolve_device, resolve_dtype
+
+__all__ = ["DinoEmbedder", "OpenClipBackend", "OpenClipSource", "OwlDetector", "clear_cache", "detector_weight_spec",
+           "dino_weight_spec", "load_clip", "load_detector", "load_dino", "pretrained_table", "resolve_open_clip",
+           "weight_specs"]
 
 _CACHE: dict[str, object] = {}
 _LOCK = threading.Lock()
 _OPEN_CLIP_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-# Weight files open_clip looks for in a folder, in its order of preference.
-_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "model.pth")
 
 
 def _cached(kind: str, config, project_root: Path, loader):
@@ -85,6 +85,9 @@ class OpenClipBackend:
     def identity(self) -> dict:
         return dict(self._identity)
 
+    def close(self) -> None:
+        """Nothing to release here: the model stays in the per-process cache (``clear_cache`` drops it)."""
+
     def _encode(self, fn, batch):
         import torch
 
@@ -112,114 +115,6 @@ class OpenClipBackend:
         return np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
 
 
-def _open_clip_how(model: str, tag: str | None, tag_cfg: dict | None) -> str:
-    hub = (tag_cfg or {}).get("hf_hub", "")
-    parts = []
-    if hub:
-        repo, filename = hub.rstrip("/"), "open_clip_pytorch_model.bin"
-        if not hub.endswith("/"):
-            repo, filename = hub.rsplit("/", 1)
-        parts.append(f"on a machine with internet run `hf download {repo} {filename}` and copy the Hugging Face "
-                     f"cache here, or point clip.weights_path at that file (keeping clip.model = {model!r} and "
-                     f"clip.pretrained = {tag!r})")
-    elif (tag_cfg or {}).get("url"):
-        parts.append(f"download {tag_cfg['url']} and point clip.weights_path at it")
-    parts.append("see README.md, 'Metrics and screening' for the supported backbones")
-    return "; ".join(parts)
-
-
-@dataclass
-class OpenClipSource:
-    """Where configured CLIP weights come from, as ``open_clip.create_model_and_transforms`` takes them."""
-
-    model_name: str
-    pretrained: str | None
-    kwargs: dict  # force_quick_gelu / force_preprocess_cfg matching the weights
-    tag_cfg: dict | None
-    weights: str | None = None  # a local file or folder, when configured
-    will_download: bool = False  # online and not cached: open_clip fetches it on first use
-
-
-def pretrained_table():
-    """open_clip's table of pretrained tags (``get_pretrained_cfg``, ``list_pretrained_tags_by_model``).
-
-    Loaded without open_clip's package init, which imports every model (≈ 6 s here), so the
-    weights preflight stays fast; the whole package is the fallback.
-    """
-    name = "_gen4gen_open_clip_tables"
-    if name + ".pretrained" in sys.modules:
-        return sys.modules[name + ".pretrained"]
-    try:
-        spec = importlib.util.find_spec("open_clip")
-        package = types.ModuleType(name)
-        package.__path__ = [str(Path(spec.origin).parent)]
-        sys.modules[name] = package
-        return importlib.import_module(name + ".pretrained")
-    except Exception:  # pragma: no cover - open_clip laid out differently: import it whole
-        sys.modules.pop(name, None)
-        import open_clip
-
-        return open_clip
-
-
-def resolve_open_clip(config, table) -> OpenClipSource:
-    """The configured CLIP weights, located without loading them; MissingWeightsError if absent."""
-    from gen4gen.config import resolve_path
-
-    model_name, tag = config.model, config.pretrained
-    tag_cfg = table.get_pretrained_cfg(model_name, tag) if tag and ":" not in model_name else None
-    matching = {}
-    if tag_cfg:  # a known tag's weights: its activation and normalisation must be used with them
-        matching = {"force_quick_gelu": bool(tag_cfg.get("quick_gelu", False)),
-                    "force_preprocess_cfg": {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                             if k in tag_cfg}}
-    if config.weights_path:
-        path = resolve_path(config.weights_path)
-        if not path.exists():
-            raise MissingWeightsError([f"CLIP ({model_name}): clip.weights_path {path} does not exist; "
-                                       + _open_clip_how(model_name, tag, tag_cfg)])
-        if path.is_dir() and (path / "open_clip_config.json").is_file():
-            return OpenClipSource(f"local-dir:{path}", None, {}, tag_cfg, str(path))
-        weights = path
-        if path.is_dir():
-            weights = next((path / f for f in _OPEN_CLIP_FILES if (path / f).is_file()), None)
-            if weights is None:
-                raise MissingWeightsError([f"CLIP ({model_name}): folder {path} (clip.weights_path) has neither "
-                                           f"open_clip_config.json nor a weight file ({', '.join(_OPEN_CLIP_FILES)})"])
-        return OpenClipSource(model_name, str(weights), matching, tag_cfg, str(path))
-    if model_name.startswith("local-dir:"):
-        folder = resolve_path(model_name.split(":", 1)[1])
-        if not (folder / "open_clip_config.json").is_file():
-            raise MissingWeightsError([f"CLIP: {folder} (clip.model) has no open_clip_config.json"])
-        return OpenClipSource(model_name, None, {}, None, str(folder))
-    if model_name.startswith("hf-hub:"):
-        spec = WeightSpec(stage="clip", what="CLIP", source=model_name.split(":", 1)[1],
-                          required=("open_clip_config.json",), config_key="clip.model")
-        located = locate(spec, Path.cwd())
-        if located.problem:
-            raise MissingWeightsError([located.problem])
-        return OpenClipSource(model_name, None, {}, None, will_download=located.will_download)
-    if not tag:
-        raise MissingWeightsError([f"CLIP ({model_name}): no weights configured; set clip.pretrained to a tag "
-                                   f"(e.g. 'openai') or clip.weights_path to a local checkpoint"])
-    if not tag_cfg:
-        if Path(tag).is_file():
-            return OpenClipSource(model_name, tag, {}, None, tag)
-        known = table.list_pretrained_tags_by_model(model_name)
-        raise MissingWeightsError([f"CLIP: {tag!r} is not a pretrained tag of {model_name!r} (known: "
-                                   f"{', '.join(known) or 'none; check clip.model'}), and not a file"])
-    cached = _cached_tag_file(tag_cfg["hf_hub"]) if tag_cfg.get("hf_hub") else None
-    if cached is not None:
-        return OpenClipSource(model_name, cached, matching, tag_cfg)
-    if hf_offline():
-        raise MissingWeightsError([f"CLIP {model_name}/{tag}: not in the Hugging Face cache and "
-                                   f"HF_HUB_OFFLINE=1; " + _open_clip_how(model_name, tag, tag_cfg)])
-    # Online: open_clip downloads the tag. It only warns when a tag was trained with QuickGELU
-    # (OpenAI's) and the architecture name lacks it; the activation must match the weights.
-    return OpenClipSource(model_name, tag, {"force_quick_gelu": matching["force_quick_gelu"]}, tag_cfg,
-                          will_download=True)
-
-
 def _load_open_clip(config, project_root: Path) -> OpenClipBackend:
     try:
         import open_clip
@@ -241,21 +136,9 @@ def _load_open_clip(config, project_root: Path) -> OpenClipBackend:
     except Exception as exc:  # download failures, missing files, wrong checkpoints
         raise MissingWeightsError([f"CLIP {source.model_name} (pretrained {source.pretrained or config.pretrained!r}) "
                                    f"could not be loaded: {type(exc).__name__}: {exc}; "
-                                   + _open_clip_how(config.model, config.pretrained, source.tag_cfg)]) from exc
+                                   + open_clip_advice(config.model, config.pretrained, source.tag_cfg)]) from exc
     model.eval()
     return OpenClipBackend(model, preprocess, tokenizer, device, dtype, config.batch_size, identity)
-
-
-def _cached_tag_file(hub: str) -> str | None:
-    from huggingface_hub import hf_hub_download
-
-    repo, filename = (hub.rstrip("/"), "open_clip_pytorch_model.bin") if hub.endswith("/") else hub.rsplit("/", 1)
-    for name in ([filename] if not hub.endswith("/") else ["open_clip_model.safetensors", filename]):
-        try:
-            return hf_hub_download(repo, name, local_files_only=True)
-        except Exception:  # not cached
-            continue
-    return None
 
 
 # ------------------------------------------------------------------ OWL-ViT / OWLv2
@@ -278,6 +161,9 @@ class OwlDetector:
 
     def identity(self) -> dict:
         return dict(self._identity)
+
+    def close(self) -> None:
+        """Nothing to release here: the model stays in the per-process cache (``clear_cache`` drops it)."""
 
     def detect(self, images: Sequence, class_names: Sequence[Sequence[str]]):
         from gen4gen.metrics import Detection
@@ -321,25 +207,6 @@ class OwlDetector:
         return results
 
 
-def detector_weight_spec(config) -> WeightSpec:
-    what = {"owlvit": "OWL-ViT detector", "owlv2": "OWLv2 detector"}.get(config.backend, "detector")
-    return WeightSpec(stage="detector", what=what, source=config.model, required=("config.json",),
-                      config_key="detector.model",
-                      how="OWL-ViT: google/owlvit-base-patch32 (Apache-2.0); OWLv2: google/owlv2-base-patch16-ensemble")
-
-
-def dino_weight_spec(config) -> WeightSpec:
-    return WeightSpec(stage="dino", what="DINO image encoder", source=config.model, required=("config.json",),
-                      config_key="dino.model", how="CustomConcept101 uses facebook/dino-vits16 (Apache-2.0)")
-
-
-def weight_specs(config) -> list[WeightSpec]:
-    """The detector's and DINO's weights, where configured (``config``: the whole PipelineConfig).
-    CLIP's are located by :func:`resolve_open_clip` (open_clip names them by tag)."""
-    return (([detector_weight_spec(config.detector)] if config.detector.backend != "none" else [])
-            + ([dino_weight_spec(config.dino)] if config.dino.backend != "none" else []))
-
-
 def _load_owl(config, project_root: Path) -> OwlDetector:
     try:
         import transformers
@@ -372,7 +239,7 @@ def _load_owl(config, project_root: Path) -> OwlDetector:
 class DinoEmbedder:
     """Image embeddings from a transformers vision model: the final CLS token, L2-normalised."""
 
-    name = "dino"
+    name = "transformers"  # dino.backend
 
     def __init__(self, model, processor, device, dtype, batch_size: int, identity: dict):
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
@@ -381,6 +248,9 @@ class DinoEmbedder:
 
     def identity(self) -> dict:
         return dict(self._identity)
+
+    def close(self) -> None:
+        """Nothing to release here: the model stays in the per-process cache (``clear_cache`` drops it)."""
 
     def embed_images(self, images: Sequence) -> np.ndarray:
         import torch

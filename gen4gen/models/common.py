@@ -8,9 +8,10 @@ import gc
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 log = logging.getLogger("gen4gen.models")
 
@@ -175,6 +176,50 @@ def resolve_dtype(spec: str, device) -> tuple[object, str | None]:
 
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------ shared models
+class SharedModels:
+    """Models loaded once per process and shared by their users, dropped when the last one is done.
+
+    Two resources (two steps run in one process, or two runs of ``materialize``) that ask for
+    the same model get the same object, and the model is released as soon as the last user
+    calls :meth:`release`, not whenever the garbage collector gets to the resources. A model
+    with a ``close()`` method is closed then.
+    """
+
+    def __init__(self):
+        self._models: dict[Hashable, object] = {}
+        self._users: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: Hashable, load: Callable[[], object]):
+        with self._lock:  # loading under the lock: a second user waits rather than loading it twice
+            if key not in self._models:
+                self._models[key] = load()
+                self._users[key] = 0
+            self._users[key] += 1
+            return self._models[key]
+
+    def release(self, key: Hashable) -> None:
+        with self._lock:
+            if key not in self._users:
+                return
+            self._users[key] -= 1
+            if self._users[key] > 0:
+                return
+            del self._users[key]
+            model = self._models.pop(key)
+        close = getattr(model, "close", None)
+        if close is not None:
+            close()
+
+    def users(self, key: Hashable) -> int:
+        return self._users.get(key, 0)
+
+    def get(self, key: Hashable):
+        """The model loaded under ``key``, or None; does not count as a use."""
+        return self._models.get(key)
 
 
 # ------------------------------------------------------------------ CUDA out-of-memory backoff

@@ -211,7 +211,7 @@ def _enlarge(box, min_area: float, canvas: float):
 
 # ------------------------------------------------------------------ planner
 class LlmLayoutPlanner:
-    """The layout-planner interface (``plan``, ``name``) over an OpenAI-compatible endpoint."""
+    """The paper profile's :class:`~gen4gen.backends.LayoutPlanner`: an OpenAI-compatible endpoint."""
 
     name = PLANNER_NAME
 
@@ -219,6 +219,12 @@ class LlmLayoutPlanner:
         self.config = config
         self.client = client or ChatClient(config.llm)
         self._few_shot: list[dict] | None = None
+
+    def identity(self) -> dict:
+        return {"backend": self.name, **self.client.describe()}
+
+    def close(self) -> None:
+        """Nothing to release: the model runs behind the endpoint."""
 
     def few_shot(self) -> list[dict]:
         if self._few_shot is None:

@@ -106,12 +106,12 @@ def load_pipelines(config: RecolourConfig, project_root: Path) -> SdxlPipelines:
             if pipe is not None:
                 pipe.to(device)
                 pipe.set_progress_bar_config(disable=True)
-        _speed_options(config, base, refiner, notes)
+        apply_speed_options(config, base, refiner, notes)
         _CACHE[key] = SdxlPipelines(base, refiner, device, dtype, sources, notes)
         return _CACHE[key]
 
 
-def _speed_options(config: RecolourConfig, base, refiner, notes: list) -> None:
+def apply_speed_options(config: RecolourConfig, base, refiner, notes: list) -> None:
     """The configured speed switches, applied to loaded pipelines (each one recorded in ``notes``)."""
     import torch
 
@@ -174,7 +174,7 @@ class _Prepared:
 
 
 class SdxlRepainter:
-    """The repaint-backend interface (``repaint``, ``name``) over SDXL inpainting + refiner."""
+    """The paper profile's :class:`~gen4gen.backends.Repainter`: SDXL inpainting + refiner."""
 
     name = BACKEND_NAME
 
@@ -191,6 +191,10 @@ class SdxlRepainter:
         if self.pipelines is None:
             self.pipelines = load_pipelines(self.config, self.project_root)
         return self
+
+    def close(self) -> None:
+        """Drop this repainter's hold on the pipelines (the per-process cache keeps them for the next step)."""
+        self.pipelines = None
 
     def identity(self) -> dict:
         self.load()

@@ -1,9 +1,9 @@
 """Foreground segmentation with the paper's models in PyTorch: IS-Net (DIS) and BiRefNet.
 
-``TorchSegmenter`` has the interface of :class:`gen4gen.segmentation.Segmenter` (``segment``,
-``identity``, ``fallback_warning``, ``backend_name``) and the same iterative rounds and mask
-clean-up; only the model differs. Missing weights raise :class:`MissingWeightsError` (there
-is no silent fallback for the paper's backends). Models are cached per process.
+``TorchSegmenter`` is a :class:`gen4gen.backends.Segmenter`, with the same iterative rounds and
+mask clean-up as the embedded one; only the model differs. Missing weights raise
+:class:`MissingWeightsError` (there is no silent fallback for the paper's backends). Models are
+cached for the life of the process: a GPU worker keeps its model between steps by design.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gen4gen.config import SegmentationConfig
-from gen4gen.segmentation import SegmentationResult, _check_rgb, segment_photo
+from gen4gen.segmentation import SegmentationResult, check_rgb, segment_photo
 
 from .common import WeightSpec, dtype_name, load_source, require, resolve_device, resolve_dtype
 
@@ -62,7 +62,7 @@ class IsNetTorch:
         import torch
         import torch.nn.functional as F
 
-        rgb = _check_rgb(rgb)
+        rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
         with torch.inference_mode():
             x = torch.from_numpy(rgb.copy()).to(self.device).permute(2, 0, 1)[None].float()
@@ -95,7 +95,7 @@ class BiRefNetModel:
         import torch
         import torch.nn.functional as F
 
-        rgb = _check_rgb(rgb)
+        rgb = check_rgb(rgb)
         height, width = rgb.shape[:2]
         resized = cv2.resize(rgb, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
         x = ((resized.astype(np.float32) / 255.0 - self.MEAN) / self.STD).transpose(2, 0, 1)[None]
@@ -108,7 +108,7 @@ class BiRefNetModel:
 
 
 class TorchSegmenter:
-    """IS-Net or BiRefNet in PyTorch behind the embedded segmenter's interface."""
+    """IS-Net or BiRefNet in PyTorch: the paper profile's :class:`~gen4gen.backends.Segmenter`."""
 
     fallback_warning = None  # the paper's backends never fall back silently
 
@@ -123,7 +123,7 @@ class TorchSegmenter:
         self._digest = None
 
     @property
-    def backend_name(self) -> str:
+    def name(self) -> str:
         return self.config.backend
 
     def load(self) -> "TorchSegmenter":
@@ -149,7 +149,7 @@ class TorchSegmenter:
     def identity(self) -> dict:
         self.load()
         located = self._located
-        identity = {"backend": self.backend_name, "weights": located.hub_id or str(located.path),
+        identity = {"backend": self.name, "weights": located.hub_id or str(located.path),
                     "device": str(self._model.device), "dtype": dtype_name(self._model.dtype)}
         if self.config.backend == "isnet_torch":
             if self._digest is None:
@@ -163,6 +163,10 @@ class TorchSegmenter:
 
     def segment(self, rgb: np.ndarray, alpha: np.ndarray | None = None) -> SegmentationResult:
         return segment_photo(rgb, alpha, self.config, self.config.backend, self._predictor)
+
+    def close(self) -> None:
+        """Drop this segmenter's hold on the model (the per-process cache keeps it for the next step)."""
+        self._model = None
 
     def _predictor(self):
         self.load()

@@ -47,6 +47,8 @@ def _clean(text: str) -> str:
 
 
 class TransformersCaptioner:
+    """The paper profile's :class:`~gen4gen.backends.Captioner`: a local image-text-to-text model."""
+
     name = "vlm"
 
     def __init__(self, config: CaptionConfig, project_root: Path):
@@ -74,6 +76,10 @@ class TransformersCaptioner:
                 _CACHE[key] = (processor, model, device, dtype, located.hub_id or str(located.path))
             self._loaded = _CACHE[key]
         return self
+
+    def close(self) -> None:
+        """Drop this captioner's hold on the model (the per-process cache keeps it for the next step)."""
+        self._loaded = None
 
     def identity(self) -> dict:
         self.load()
@@ -106,6 +112,8 @@ class TransformersCaptioner:
 
 
 class EndpointCaptioner:
+    """A :class:`~gen4gen.backends.Captioner` over an OpenAI-compatible vision endpoint."""
+
     name = "vlm_api"
 
     def __init__(self, config: CaptionConfig, client: ChatClient | None = None):
@@ -114,6 +122,9 @@ class EndpointCaptioner:
 
     def identity(self) -> dict:
         return {"backend": self.name, **self.client.describe()}
+
+    def close(self) -> None:
+        """Nothing to release: the model runs behind the endpoint."""
 
     def describe(self, image, objects: list[CaptionObject], background: str, canvas: int) -> str:
         from PIL import Image

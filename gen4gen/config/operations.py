@@ -1,0 +1,55 @@
+"""Configuration sections of the operations around the pipeline: DVC versioning and rebuilds."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from .types import Count, Fraction, NonNegativeFloat, Section
+
+
+class DvcConfig(Section):
+    """DVC versioning of the data folder (README: "Versions of the data (DVC)"; gen4gen/versioning.py)."""
+
+    # Off, or DVC not installed: assets still materialise; their metadata says DVC was skipped and why.
+    enabled: bool = True
+    # DVC lives in its own virtual environment (`make dvc-setup`); relative paths resolve against the checkout.
+    executable: str = ".venv-dvc/bin/dvc"
+    # The DVC repository (dvc.yaml, dvc.lock, .dvc/); the data folder must be inside it. Default: the checkout.
+    root: str | None = None
+    # Remote for push/pull: a remote name from DVC's configuration; empty: DVC's default remote.
+    remote: str = ""
+    # Folder (relative to the DVC repository) or URL that `make dvc-setup` makes the default remote if none.
+    remote_url: str = ".dvc-remote"
+    # Push each stage's data to the remote right after committing it (else `gen4gen dvc push`).
+    push: bool = False
+    # Seconds to wait for a repository locked by another DVC process before giving up on a commit.
+    lock_wait_s: NonNegativeFloat = 300.0
+    # DVC's cache.type, in order of preference: hardlinks cost no copy and no space (every gen4gen
+    # write replaces files by rename, never in place, so the cache is never written through a link).
+    cache_types: Annotated[list[Literal["reflink", "hardlink", "symlink", "copy"]], Field(min_length=1)] = [
+        "hardlink", "copy"]
+    # Threads hashing files (DVC's core.checksum_jobs); None: one per CPU.
+    checksum_jobs: Count | None = None
+    # A failed DVC commit: "warn" (the step succeeds, its metadata says why) or "fail" the step.
+    on_error: Literal["warn", "fail"] = "warn"
+
+    @field_validator("cache_types")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists each link type once, in order of preference")
+        return value
+
+
+class RegenerationConfig(Section):
+    """How rebuilds treat failures and removals (README: "Incremental regeneration")."""
+
+    # A partition that fails is retried by the next `materialize` or sensor tick, up to this many
+    # attempts in all; then it is reported as given up until its inputs or settings change.
+    max_attempts: Count = 3
+    # Seconds before the first retry; doubled after every further failure.
+    retry_backoff_s: NonNegativeFloat = 30.0
+    # The catalogue refuses to retire more than this share of its concepts at once (a folder that
+    # was unmounted or emptied by mistake) unless the removals are confirmed.
+    max_removed_share: Fraction = 0.25

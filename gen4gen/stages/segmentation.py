@@ -1,0 +1,99 @@
+"""The segmentation stage."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+from ..concepts import ConceptRecord
+from ..config import PipelineConfig
+from ..io import (BadInput, load_photo, remove_stale_files)
+from ..lineage import ArtifactRecord
+from ..roots import concepts_root
+from .common import (MANIFEST, StageResult, listing, write_json, write_png)
+
+
+class ConceptSegmentationFailed(BadInput):
+    """No photo of a concept could be segmented. Its manifest (no photos, every reason) is written
+    before this is raised; ``result`` holds the stage result for logging."""
+
+    def __init__(self, concept: ConceptRecord, result: StageResult):
+        self.concept = concept.key
+        self.problems = result.problems
+        self.result = result
+        reasons = "; ".join(f"{Path(p['path']).name}: {p['reason']}" for p in result.problems) or "it has no photos"
+        super().__init__(concept.folder, f"no photo of concept {concept.key!r} could be segmented ({reasons})")
+
+
+def _segment(photo_file: Path, loaded, segmenter):
+    """The segmentation of one photo; BadInput when it holds no object.
+
+    A photo's own transparency is its mask, but a file whose transparency hides everything (a
+    GIF whose transparent palette entry covers the picture, an RGBA export with an empty alpha)
+    is segmented from its colours instead, with a note, before it is given up.
+    """
+    from ..segmentation import mask_bbox
+
+    result = segmenter.segment(loaded.rgb, loaded.alpha)
+    if mask_bbox(result.mask) is not None:
+        return result
+    if loaded.alpha is None or result.backend != "existing_alpha":
+        raise BadInput(photo_file, f"segmentation ({result.backend}) found no object in the photo")
+    hidden = "its own transparency (alpha channel or transparent palette colour) leaves no pixel visible"
+    retry = segmenter.segment(loaded.rgb, None)
+    if mask_bbox(retry.mask) is None:
+        raise BadInput(photo_file, f"{hidden}, and segmentation ({retry.backend}) found no object in its colours")
+    retry.warnings.append(f"{photo_file}: {hidden}; segmented from its colours instead ({retry.backend})")
+    return retry
+
+
+def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: PipelineConfig) -> StageResult:
+    """An RGBA cut-out (cropped to the object) and a full-frame mask per photo of one concept.
+
+    A photo that cannot be used is listed once, with its reason, in the manifest's problems. When
+    none can be used, the manifest is still written, then ConceptSegmentationFailed is raised.
+    """
+    from ..segmentation import make_cutout, mask_bbox
+
+    start = time.perf_counter()
+    level = config.composition.png_compress_level
+    entries, problems, written, notes, records = [], [], [], [], []
+    root = concepts_root(config.paths.concepts)
+    if segmenter.fallback_warning:
+        notes.append(segmenter.fallback_warning)
+    for photo in concept.photos:
+        loaded = None
+        try:
+            # The catalogue is a file like any other: its paths are checked again before use.
+            loaded = load_photo(root.check(photo.file), config.input.min_photo_side,
+                                config.input.max_photo_megapixels, config.input.downscale_long_side)
+            result = _segment(Path(photo.file), loaded, segmenter)
+        except BadInput as exc:
+            notes.extend(loaded.warnings if loaded is not None else [])
+            problems.append({"path": exc.path, "reason": exc.reason})
+            continue
+        notes.extend(loaded.warnings + result.warnings)
+        x0, y0, x1, y1 = box = mask_bbox(result.mask)
+        cutout = make_cutout(loaded.rgb, result.alpha)[y0:y1, x0:x1]
+        cut = write_png(out_dir / f"{photo.stem}.png", cutout, level, written)
+        mask = write_png(out_dir / f"{photo.stem}_mask.png", result.mask, level, written)
+        source = [(photo.file, photo.sha256, "source_photo")]
+        records += [ArtifactRecord(str(out_dir / cut["file"]), cut["sha256"], source),
+                    ArtifactRecord(str(out_dir / mask["file"]), mask["sha256"], source)]
+        height, width = result.mask.shape
+        entries.append({
+            "stem": photo.stem, "source_photo": photo.file, "source_sha256": photo.sha256,
+            "cutout": cut["file"], "cutout_sha256": cut["sha256"], "mask": mask["file"], "mask_sha256": mask["sha256"],
+            "backend": result.backend, "rounds_run": result.rounds_run, "bbox": list(box),
+            "aspect": round((x1 - x0) / (y1 - y0), 5),
+            "mask_fraction": round(float((result.mask > 0).sum()) / (width * height), 5),
+        })
+    remove_stale_files(out_dir, {f for e in entries for f in (e["cutout"], e["mask"])} | {MANIFEST})
+    manifest = {"concept": concept.key, "class_name": concept.class_name, "data_version": concept.data_version,
+                "segmenter": segmenter.identity(), "photos": entries, "problems": problems}
+    sha = write_json(out_dir / MANIFEST, manifest)
+    records.append(listing(out_dir / MANIFEST, sha, [(Path(r.path), r.sha256) for r in records]))
+    result = StageResult(manifest, written, problems, notes, time.perf_counter() - start, records)
+    if not entries:
+        raise ConceptSegmentationFailed(concept, result)
+    return result
