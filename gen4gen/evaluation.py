@@ -20,6 +20,7 @@ from .io import BadInput, load_photo, read_json
 from .report import read_jsonl
 from .roots import concepts_root, data_root, generated_root
 from .metrics import ConceptReference, EvalItem, MetricParams, class_prompt, evaluate
+from .score_cache import ScoreCache, score_cache_root
 
 _HELD_OUT = {"held_out", "held-out", "heldout", "unseen", "test", "eval"}
 _TRAIN = {"train", "training", "seen"}
@@ -190,9 +191,14 @@ def not_computed(config: PipelineConfig, clip, detector, dino) -> list[str]:
 
 
 def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, clip=None, detector=None, dino=None,
-                   log=None) -> dict:
-    """The metrics over MyCanvas and the generated images, as far as the backends allow."""
+                   log=None, score_cache: bool = True) -> dict:
+    """The metrics over MyCanvas and the generated images, as far as the backends allow.
+
+    Embeddings and detections come from the score cache where it has them
+    (:mod:`gen4gen.score_cache`; ``score_cache=False`` computes every one).
+    """
     start = time.perf_counter()
+    cache = ScoreCache(score_cache_root(config), enabled=score_cache)
     notes = not_computed(config, clip, detector, dino)
     problems: list[dict] = []
     result = {"backends": {name: (b.identity() if b is not None and hasattr(b, "identity") else None)
@@ -204,10 +210,12 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
                              "mycanvas_prompt": config.evaluation.mycanvas_prompt},
               "sets": {}, "not_computed": notes, "problems": problems,
               "display": {"html_thumb": config.evaluation.html_thumb,
-                          "html_max_images": config.evaluation.html_max_images}}
+                          "html_max_images": config.evaluation.html_max_images},
+              "cache": cache.summary()}
     if clip is None:
         result["seconds"] = round(time.perf_counter() - start, 3)
         return result
+    clip, detector, dino = cache.clip(clip), cache.detector(detector), cache.embedder(dino)
     sets: dict[str, list[EvalItem]] = {}
     if config.evaluation.evaluate_mycanvas:
         sets["mycanvas"] = mycanvas_items(mycanvas_dir, config)
@@ -237,5 +245,8 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
         if log:
             log(f"evaluating {len(usable)} {name} images")
         result["sets"][name] = evaluate(usable, references, clip, detector, dino, params)
+    result["cache"] = cache.summary()
+    if log:
+        log(f"score cache: {result['cache']['hits']} hits, {result['cache']['misses']} misses")
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -31,6 +31,7 @@ from .config import PipelineConfig
 from .filtering import CheckOutcome, check_image
 from .io import read_json
 from .metrics import box_iou, crop, mean_reference_similarity, normalise
+from .score_cache import ScoreCache, score_cache_root
 # Re-exported: the review side of screening is used through this module.
 from .screening_review import load_overrides, write_review_sheet
 
@@ -268,11 +269,12 @@ def _decide(candidates: list[Candidate], decisions: dict[str, Decision], models:
 
 
 def screen_mycanvas(registry: dict, config: PipelineConfig, models: ScreeningModels | None = None,
-                    problems: list[dict] | None = None) -> Screening:
+                    problems: list[dict] | None = None, score_cache: bool = True) -> Screening:
     """Score and decide every MyCanvas candidate up front; write the review sheet.
 
     Returns a no-op :class:`Screening` (the export is exactly the geometric one) when screening
-    is off and there is no overrides file.
+    is off and there is no overrides file. Scores come from the score cache where it has them
+    (:mod:`gen4gen.score_cache`; ``score_cache=False`` computes every one).
     """
     problems = problems if problems is not None else []
     enabled = screening_enabled(config)
@@ -290,7 +292,9 @@ def screen_mycanvas(registry: dict, config: PipelineConfig, models: ScreeningMod
     candidates = _candidates(registry, config)
     known = {c.image_id for c in candidates}
     scored = [c for c in candidates if c.geometric.accepted or c.image_id in overrides] if enabled else []
-    decisions = _score(scored, models, registry, config, problems) if scored else {}
+    cache = ScoreCache(score_cache_root(config), enabled=score_cache)
+    cached = ScreeningModels(cache.clip(models.clip), cache.detector(models.detector))
+    decisions = _score(scored, cached, registry, config, problems) if scored else {}
     cutoffs = _decide(candidates, decisions, models, config) if enabled else {}
     for cand in candidates:
         decision = decisions.setdefault(cand.image_id, Decision(accepted=cand.geometric.accepted))
@@ -303,6 +307,7 @@ def screen_mycanvas(registry: dict, config: PipelineConfig, models: ScreeningMod
         problems.append({"path": overrides[image_id]["where"],
                          "reason": f"review override for {image_id!r}, which is not a built image"})
     summary = _summary(config, enabled, models, candidates, decisions, cutoffs, overrides, overrides_path, unknown)
+    summary["cache"] = cache.summary()
     write_review_sheet(config, candidates, decisions, summary)
     return Screening(decisions, summary, overrides_path)
 

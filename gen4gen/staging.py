@@ -26,9 +26,14 @@ from typing import Iterator
 CRASH_ENV = "GEN4GEN_CRASH_AT"
 
 
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL when the test hook names this point (no cleanup runs)."""
-    if os.environ.get(CRASH_ENV) == name:
+def crash_point(name: str, *details: str) -> None:
+    """Kill this process with SIGKILL when the test hook names this point (no cleanup runs).
+
+    ``GEN4GEN_CRASH_AT=name`` stops at the first time the point is reached;
+    ``name:detail`` only where the point is reached with that detail (e.g. a DVC stage's name).
+    """
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted and (wanted == name or wanted in (f"{name}:{d}" for d in details)):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

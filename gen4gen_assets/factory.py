@@ -28,7 +28,7 @@ from gen4gen.incremental import (clear_failure, damaged_files, left_out_composit
                                  record_failure)
 from gen4gen.io import atomic_write_text, sha256_file
 from gen4gen.locking import file_lock
-from gen4gen.staging import recover, staged_folder
+from gen4gen.staging import crash_point, recover, staged_folder
 from gen4gen.stages import StageInputError, StageResult
 
 from .metadata import log_problems, stage_metadata
@@ -109,6 +109,7 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
             return MaterializeResult(data_version=DataVersion(desired.digest), metadata={
                 "unchanged": MetadataValue.bool(True), "fingerprint": MetadataValue.text(desired.digest)})
         context.log.info(f"building {stage}[{key}]: {'; '.join(reasons) or 'forced (--all)'}")
+        crash_point(f"build:{stage}")
         _quarantine_damaged(config, final, context)
         run = StageRun(context, config, registry, key, final, final, left_out)
         try:

@@ -28,6 +28,7 @@ class RunSummary:
 
 
 def _failure_message(result) -> str:
+    """The user's error of the first failed step; else why the run failed (a resource that could not start)."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
@@ -35,6 +36,12 @@ def _failure_message(result) -> str:
             while error.cause is not None:
                 error = error.cause
             return error.message.strip()
+    for event in result.all_events:
+        if event.is_failure or event.event_type_value in ("RESOURCE_INIT_FAILURE", "RUN_FAILURE"):
+            error = getattr(event.event_specific_data, "error", None)
+            while error is not None and error.cause is not None:
+                error = error.cause
+            return (error.message if error is not None else event.message or "run failed").strip()
     return "run failed"
 
 
@@ -109,23 +116,35 @@ def materialize_all(defs, instance, log=print, incremental: bool = True, verify:
 
 
 def commit_pending_dvc(config, log) -> list[str]:
-    """Commit partitions a killed run made current but did not commit to DVC."""
+    """Commit partitions a killed run made current but did not commit to DVC.
+
+    Their files are checked against the sha256 their ``fingerprint.json`` recorded, as a step's
+    own commit checks its records: a file edited since is never committed.
+    """
     folder = config.paths.build / ".state" / "dvc_pending"
     if not folder.is_dir():
         return []
     pending = sorted(folder.iterdir())
     if not pending:
         return []
+    from gen4gen.fingerprints import STAGES, read_fingerprint
+    from gen4gen.lineage import ArtifactRecord
     from gen4gen.versioning import ASSET_STAGES, commit_stages
 
-    refs = []
+    refs, records = [], []
     for marker in pending:
         stage, _, key = marker.name.partition("__")
-        refs.append((ASSET_STAGES[stage], None if key == "_" else key))
-    outcome = commit_stages(config, refs)
+        key = None if key == "_" else key
+        refs.append((ASSET_STAGES[stage], key))
+        partition = STAGES[stage].folder(config.paths, key)
+        recorded = (read_fingerprint(partition) or {}).get("files") or {}
+        records += [ArtifactRecord(str(partition / name), entry[0]) for name, entry in recorded.items()]
+    outcome = commit_stages(config, refs, records=records)
     if outcome.status in ("committed", "skipped"):
         for marker in pending:
             marker.unlink(missing_ok=True)
     note = f"DVC: {outcome.status} {len(refs)} partition(s) left uncommitted by an interrupted run"
+    if outcome.status == "failed":
+        note += f" ({outcome.reason})"
     log(note)
     return [note]

@@ -7,6 +7,7 @@ carry the partition's fingerprint and its failure count, so a tick never request
 twice, and a failed partition is requested again once its backoff has passed.
 """
 import hashlib
+import os
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
@@ -19,13 +20,17 @@ from .jobs import catalogue_job, compositions_job, publish_job, segment_job
 from .liveness import runs_in_progress
 
 
+# Seconds between the sensor's ticks; GEN4GEN_SENSOR_INTERVAL_S (read when the code location loads) overrides it.
+SENSOR_INTERVAL_S = int(os.environ.get("GEN4GEN_SENSOR_INTERVAL_S", "30"))
+
+
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @sensor(
     jobs=[catalogue_job, segment_job, compositions_job, publish_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=DefaultSensorStatus.RUNNING,
     description="New, changed or removed concept folders, or changed settings: build only what changed.",
 )

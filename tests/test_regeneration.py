@@ -200,3 +200,41 @@ def test_a_second_data_folder_gets_its_own_instance_partitions(project, tmp_path
     assert sorted(instance().get_dynamic_partitions("concepts")) == first
     assert cli(["--config", str(config_file), "materialize", "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert not (tmp_path / "nowhere").exists()
+
+
+def _walk(node):
+    yield node
+    for parent in node["parents"]:
+        yield from _walk(parent)
+
+
+def test_a_flipped_photo_is_the_only_photo_in_the_new_images_ancestry(project, capsys):
+    """Files that come out byte-identical from the new photo (a mirrored cut-out has the same box,
+    so its layout) still get the new photo as their ancestor, and every image verifies."""
+    from PIL import Image
+
+    from gen4gen.io import sha256_file
+
+    data, config_file = project
+    photo = data / "concepts/green_cone/photo 0.png"
+    old_sha = sha256_file(photo)
+    layouts = {p: p.read_bytes() for p in (data / "build/layouts").glob("*green_cone*/*.json")
+               if p.name != "fingerprint.json"}
+    with Image.open(photo) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)
+    new_sha = sha256_file(photo)
+    assert _materialize(config_file) == 0
+    assert any(path.is_file() and path.read_bytes() == content for path, content in layouts.items()), \
+        "no layout came out byte-identical: the case this test is about did not happen"
+    rows = [json.loads(r) for r in (data / "mycanvas/metadata.jsonl").read_text().splitlines()]
+    with_cone = [r for r in rows if "green_cone" in r["composition"]]
+    assert with_cone
+    for row in rows:
+        image = data / "mycanvas" / row["file_name"]
+        assert cli(["--config", str(config_file), "lineage", str(image), "--verify"]) == 0, row["file_name"]
+        capsys.readouterr()
+        assert cli(["--config", str(config_file), "lineage", str(image), "--json"]) == 0
+        photos = {n["sha256"] for n in _walk(json.loads(capsys.readouterr().out))
+                  if n.get("role") == "source_photo" and n["path"] == "concepts/green_cone/photo 0.png"}
+        assert photos == ({new_sha} if row in with_cone else set()), row["file_name"]
+        assert old_sha not in photos

@@ -54,8 +54,7 @@ def cmd_materialize(args) -> int:
     config = load_config(args.config, **overrides(args))
     if not _data_dir_ok(config, args):
         return 2
-    if not preflight(config):
-        return 3
+    preflight(config)  # ends the command (exit 3) when weights are missing
     if args.confirm_removals:
         from ..removals import confirm_removals, missing_concepts
 

@@ -45,8 +45,8 @@ def overrides(args) -> dict:
     return {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
 
 
-def preflight(config) -> bool:
-    """Weights and libraries of the configured backends: True when all are there.
+def preflight(config) -> None:
+    """Check the weights and libraries of the configured backends.
 
     When some are missing it says which and ends the command with ``ExitCode.WEIGHTS_MISSING``
     (raises ``CommandExit``), so no caller can run on without them.
@@ -61,4 +61,3 @@ def preflight(config) -> bool:
         raise CommandExit(ExitCode.WEIGHTS_MISSING)
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return True

@@ -180,8 +180,7 @@ def cmd_remove_concept(args) -> int:
 
 def _build(config, args) -> int:
     """The incremental materialisation that `gen4gen materialize` runs."""
-    if not preflight(config):
-        return 2
+    preflight(config)  # ends the command (exit 3) when weights are missing
     from gen4gen_assets.definitions import build_definitions
     from gen4gen_assets.runner import materialize_all
 

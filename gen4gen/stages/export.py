@@ -11,7 +11,7 @@ from ..concepts import concept_lookup
 from ..config import PipelineConfig
 from ..io import (sha256_bytes, atomic_write_bytes, atomic_write_text, remove_stale_files, sha256_file)
 from ..lineage import ArtifactRecord, artifact_id, relative_path
-from ..staging import link_or_copy
+from ..staging import crash_point, link_or_copy
 from .common import (LINEAGE_EXPORT_FILES, StageInputError, StageResult, listing, read_manifest, write_json)
 
 
@@ -133,6 +133,7 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
         elif not (unchanged or (target.is_file() and sha256_file(target) == digest)):
             atomic_write_bytes(target, source.read_bytes())
             written.append(target)
+            crash_point("publish")  # some images of the new export written, the rest not
         keep.add(file_name)
         caption_file = paths.captions(key) / caption["file"]
         records.append(ArtifactRecord(str(target), digest, [(str(source), digest, "recoloured"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PipelineConfig
+from ..staging import crash_point
 from .command import Dvc, DvcError, unavailable_reason
 from .integrity import find_edited, quarantine_locked
 from .labels import record_lineage_versions, relabel_lineage
@@ -185,6 +186,8 @@ def commit_locked(dvc: Dvc, specs: dict[str, tuple[str, str, dict]], registry: d
             merged = dict(load_yaml(path).get("stages") or {})
             merged.update(stages)
             atomic_write_text(path, dump_dvc_yaml(merged, top=file == "dvc.yaml"))
+    # Stage files written, their lock not: the state a kill here leaves.
+    crash_point("dvc-commit", *(name for _, name, _ in specs.values()))
     try:
         dvc.run("commit", "--force", *specs)
     except BaseException:
