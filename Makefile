@@ -13,7 +13,7 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory lock clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -117,6 +117,10 @@ bench-memory: setup weights
 	$(BIN)/python bench/bench_memory.py
 
 # Committing 10,000 1024² PNGs to DVC (about 20 GB of scratch space under /tmp; --help for options).
+# Publishing after each of 10 concepts added to a 20-concept dataset (README: "Publishing costs what changed").
+bench-publish: setup weights
+	$(BIN)/python bench/bench_publish.py
+
 bench-dvc: setup dvc-env
 	$(BIN)/python bench/bench_dvc.py
 

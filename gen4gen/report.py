@@ -107,11 +107,14 @@ def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None) -> 
     return "\n".join(lines)
 
 
-def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | None = None) -> dict:
+def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | None = None,
+                 thumbnail_cache: Path | None = None) -> dict:
     """Write report.json, report.md, report.html, contact_sheet.png, plots.png (and metrics.png); returns the statistics.
 
     ``evaluation`` is :func:`gen4gen.evaluation.run_evaluation`'s result; without it, the report
     states that the CLIP-based metrics were not computed because no backend is configured.
+    ``thumbnail_cache``: where contact-sheet thumbnails are kept by image sha256 between reports
+    (a report written into a fresh staging folder would otherwise make every one again).
     """
     start = time.perf_counter()
     accepted = read_jsonl(mycanvas_dir / "metadata.jsonl")
@@ -124,7 +127,7 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
     stats["evaluation"] = evaluation  # metrics over MyCanvas and generated images (None: not run)
     shown = accepted[:config.contact_sheet_max_images]
     thumbs = cached_thumbnails([(mycanvas_dir / r["file_name"], r["image_sha256"]) for r in shown],
-                               out_dir / ".thumbnails", config.contact_sheet_thumb)
+                               thumbnail_cache or out_dir / ".thumbnails", config.contact_sheet_thumb)
     sheet = thumbnail_grid(thumbs, config.contact_sheet_thumb, config.contact_sheet_columns)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", compress_level=1)  # level 6 takes ~5x longer for a few % smaller

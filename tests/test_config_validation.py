@@ -232,3 +232,24 @@ def test_a_run_may_not_choose_its_own_paths_unless_enabled(clean_env, tmp_path):
     assert not success and "resources.settings.config.config_file: refused" in message
     clean_env.setenv("GEN4GEN_ALLOW_RUN_PATHS", "1")
     assert run_probe(settings, {"data_dir": str(other)}) == (True, "") and SEEN["data"] == other
+
+
+def test_device_names_one_gpu_of_several(clean_env, tmp_path):
+    file = tmp_path / "devices.toml"
+    file.write_text('[recolour]\ndevice = "cuda:3"\n[clip]\ndevice = "cpu"\n', encoding="utf-8")
+    config = load_config(file)
+    assert (config.recolour.device, config.clip.device) == ("cuda:3", "cpu")
+    problems = problems_of(tmp_path, '[recolour]\ndevice = "gpu"\n[caption]\ndevice = "cuda:x"\n')
+    assert len(problems) == 2 and all("must be auto, cpu, cuda or cuda:N" in line for line in problems), problems
+
+
+def test_a_gpu_index_beyond_those_visible_is_refused_by_name(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from gen4gen.models.common import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match=r"'cuda:2'.*sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4,5\)"):
+        resolve_device("cuda:2")

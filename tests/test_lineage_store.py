@@ -242,3 +242,33 @@ def test_parquet_export_of_records_not_yet_journalled_matches_their_later_ids(tm
         final_id = reader.resolve(export_id)["id"]
     rows = dict(duckdb.connect().execute("SELECT id, ancestors FROM read_parquet(?)", [str(written[0])]).fetchall())
     assert final_id in rows and len(rows[final_id]) == 4 and set(rows[final_id]) <= set(rows)
+
+
+def test_a_listing_keeps_member_edges_for_its_newest_version_only(tmp_path):
+    """Ten publishes of a growing export: the listing edges are those of the last metadata.jsonl,
+    not the sum over every version (which grows with the square of the dataset)."""
+    data = tmp_path / "data"
+    images = []
+    for publish in range(1, 11):
+        images.append(_write(data / f"mycanvas/img_{publish:02d}.png", f"image {publish}".encode()))
+        listing = _write(data / "mycanvas/metadata.jsonl", "\n".join(p for p, _ in images).encode())
+        _journal(data, "mycanvas", [ArtifactRecord(*image) for image in images]
+                 + [ArtifactRecord(*listing, [(*image, "listed") for image in images])], "mycanvas", f"run{publish}")
+        ingest(data)
+    with open_reader(data) as reader:
+        listed = reader.connection.execute("SELECT count(*) FROM edges WHERE role = 'listed'").fetchone()[0]
+        versions = reader.connection.execute(
+            "SELECT count(*) FROM artifacts WHERE path = 'mycanvas/metadata.jsonl'").fetchone()[0]
+        newest = reader.resolve(str(data / "mycanvas/metadata.jsonl"))
+        members = [p["path"] for p in reader.tree(newest["id"])["parents"]]
+    assert versions == 10  # every version keeps its row (history)
+    assert listed == 10 and sorted(members) == [f"mycanvas/img_{n:02d}.png" for n in range(1, 11)]
+    # Back to an earlier listing (same bytes, same members): it is the newest again, with its members.
+    first = _write(data / "mycanvas/metadata.jsonl", images[0][0].encode())
+    _journal(data, "mycanvas", [ArtifactRecord(*images[0]), ArtifactRecord(*first, [(*images[0], "listed")])],
+             "mycanvas", "run11")
+    ingest(data)
+    with open_reader(data) as reader:
+        newest = reader.resolve(str(data / "mycanvas/metadata.jsonl"))
+        assert [p["path"] for p in reader.tree(newest["id"])["parents"]] == ["mycanvas/img_01.png"]
+        assert reader.connection.execute("SELECT count(*) FROM edges WHERE role = 'listed'").fetchone()[0] == 1

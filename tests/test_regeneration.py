@@ -238,3 +238,34 @@ def test_a_flipped_photo_is_the_only_photo_in_the_new_images_ancestry(project, c
                   if n.get("role") == "source_photo" and n["path"] == "concepts/green_cone/photo 0.png"}
         assert photos == ({new_sha} if row in with_cone else set()), row["file_name"]
         assert old_sha not in photos
+
+
+def test_lineage_from_steps_with_skewed_clocks_is_complete(project, capsys):
+    """Steps on hosts whose clocks disagree: downstream journals look older than upstream ones
+    (by their mtimes and their `created_at`); the rebuilt database still links every image to its photos."""
+    import os
+
+    from gen4gen.lineage import JOURNAL_NAME
+
+    data, config_file = project
+    rank = {"segmented": 0, "layouts": 1, "composed": 2, "recoloured": 3, "captions": 4, "mycanvas": 5, "reports": 6}
+    for journal in data.rglob(JOURNAL_NAME):
+        stage = next((part for part in journal.relative_to(data).parts if part in rank), "mycanvas")
+        skewed = 2_000_000_000 - 86_400 * 365 * rank[stage]  # the later the stage, the older its clock
+        lines = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines()]
+        for line in lines:
+            if "created_at" in line:
+                line["created_at"] = f"{2030 - rank[stage]}-01-01T00:00:00+00:00"
+        journal.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        os.utime(journal, (skewed, skewed))
+    assert cli(["--config", str(config_file), "lineage", "rebuild"]) == 0
+    rows = [json.loads(r) for r in (data / "mycanvas/metadata.jsonl").read_text().splitlines()]
+    assert rows
+    for row in rows:
+        image = data / "mycanvas" / row["file_name"]
+        assert cli(["--config", str(config_file), "lineage", str(image), "--verify"]) == 0
+        capsys.readouterr()
+        assert cli(["--config", str(config_file), "lineage", str(image), "--json"]) == 0
+        photos = {n["path"] for n in _walk(json.loads(capsys.readouterr().out)) if n.get("role") == "source_photo"}
+        assert {p.split("/")[1] for p in photos} == {c["concept"].replace("_", " ") if c["concept"] == "blue_box"
+                                                     else c["concept"] for c in row["concepts"]}

@@ -6,6 +6,7 @@ loaded, before any work starts, rather than deep inside a stage (or not at all).
 """
 from __future__ import annotations
 
+import re
 import string
 from typing import Annotated, Literal
 
@@ -18,7 +19,14 @@ class Section(BaseModel):
 
 
 # Model backends (the `paper` profile): where they run and in which precision.
-Device = Literal["auto", "cuda", "cpu"]
+# `cuda:N` pins one GPU of several; `auto` and `cuda` take the current one (CUDA_VISIBLE_DEVICES decides).
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise ValueError("must be auto, cpu, cuda or cuda:N (N: the index of a GPU this process sees)")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
 DType = Literal["bf16", "fp16", "fp32"]
 
 # A share of something: 0 is none of it, 1 all of it.

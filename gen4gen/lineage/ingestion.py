@@ -244,13 +244,33 @@ def insert_rows(connection, rows: list[dict], data_dir: Path, seq: int) -> tuple
                           row.get("run_id"), row.get("code_version"), row.get("created_at"),
                           _json(row.get("params")), _json(row.get("backend")), row.get("data_version"), row_seq))
     insert_many(connection, "artifacts", artifacts)
+    listings = [p for p in prepared if any(role in AGGREGATE_ROLES for role, _ in p[4])]
+    # A listing seen again (a reverted metadata.jsonl) gets its member edges back: see below.
+    edges += [(row_id, parent, role) for row_id, _, _, _, parents in listings if row_id in existing
+              for role, parent in parents]
     insert_many(connection, "edges", sorted(set(edges)), ignore=True)
     insert_many(connection, "closure", closure_rows)
+    _forget_older_listings(connection, listings)
     if again:  # the same file with the same ancestry, recorded again: it is the newest now
         connection.execute("UPDATE artifacts SET seq = s.seq FROM (SELECT unnest(?::VARCHAR[]) AS id, "
                            "unnest(?::BIGINT[]) AS seq) AS s WHERE artifacts.id = s.id",
                            [[a[0] for a in again], [a[1] for a in again]])
     return len(artifacts), len(again)
+
+
+def _forget_older_listings(connection, listings: list[tuple]) -> None:
+    """Member edges of a listing (metadata.jsonl, a manifest, the catalogue) are kept for its newest
+    version only: every version listing every member again would grow the database with the square
+    of the dataset. Older versions keep their rows; their members are in the files (DVC keeps them)."""
+    if not listings:
+        return
+    keep = [p[0] for p in listings]
+    roles = sorted(AGGREGATE_ROLES)
+    for part in chunks(sorted({p[2] for p in listings})):
+        connection.execute(
+            f"DELETE FROM edges WHERE role IN {placeholders(len(roles))} AND child_id IN (SELECT id FROM artifacts "
+            f"WHERE path IN {placeholders(len(part))} AND NOT list_contains(?::VARCHAR[], id))",
+            [*roles, *part, keep])
 
 
 def _parent_closures(connection, parent_ids: set[str]) -> dict[str, list[str]]:

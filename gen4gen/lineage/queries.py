@@ -123,11 +123,11 @@ class LineageReader:
         import pyarrow.parquet
 
         virtual = self._pending_rows(pending or [])
-        by_content = {row["content_id"]: row["id"] for row, _, _ in virtual}
+        by_content = {row["content_id"]: row for row, _, _ in virtual}
         ids: set[str] = set()
         for target in artifact_ids:
             if target in by_content:
-                row = next(r for r, _, _ in virtual if r["id"] == by_content[target])
+                row = by_content[target]
                 ids.add(row["id"])
                 ids.update(row["ancestors"])
                 continue

@@ -1,6 +1,7 @@
 """What a step records about a file, and the ids lineage rows are keyed by."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -33,11 +34,33 @@ def relative_path(path: str | os.PathLike, data_dir: Path) -> str:
     text = str(path)
     if text.startswith(PACKAGED_PREFIX):
         return text
+    # Most paths are plain children of the data folder as given: no need to resolve each one.
+    prefix = str(data_dir).rstrip("/") + "/"
+    if text.startswith(prefix) and os.path.isabs(text):
+        rest = text[len(prefix):]
+        parts = rest.split("/")
+        if rest and not any(part in ("", ".", "..") for part in parts) and not _links_below(data_dir, parts):
+            return rest
     resolved = Path(path).resolve()
     try:
-        return resolved.relative_to(data_dir.resolve()).as_posix()
+        return resolved.relative_to(_resolved(str(data_dir))).as_posix()
     except ValueError:
         return str(resolved)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(data_dir: str) -> Path:
+    return Path(data_dir).resolve()
+
+
+def _links_below(data_dir: Path, parts: list[str]) -> bool:
+    """Whether a folder on the way from the data folder to the file is a link (it may lead out)."""
+    folder = str(data_dir)
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder):
+            return True
+    return os.path.islink(os.path.join(folder, parts[-1]))
 
 
 def artifact_id(path: str, sha256: str, parents: list[tuple[str, str]] | None = None) -> str:

@@ -148,7 +148,10 @@ def load_source(found: Located) -> tuple[str, dict]:
 
 # ------------------------------------------------------------------ device and dtype
 def resolve_device(spec: str):
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent CPU run."""
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent CPU run.
+
+    ``cuda:N`` names one GPU among those this process sees (after ``CUDA_VISIBLE_DEVICES``).
+    """
     import torch
 
     spec = (spec or "auto").lower()
@@ -157,7 +160,12 @@ def resolve_device(spec: str):
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {spec!r} was configured but torch sees no CUDA GPU "
                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); use device = \"auto\" or \"cpu\"")
-    return torch.device(spec)
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {spec!r} was configured but this process sees {torch.cuda.device_count()} GPU(s) "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                           f"GPUs are numbered from 0")
+    return device
 
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
