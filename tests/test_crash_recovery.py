@@ -191,3 +191,26 @@ def test_a_file_edited_before_its_pending_dvc_commit_is_never_versioned(uninterr
     cached = {p.parent.name + p.name for p in (project.root / ".dvc/cache/files/md5").rglob("*") if p.is_file()}
     assert edited_md5 not in cached
     _assert_recovered(project, uninterrupted[0])
+
+
+def test_a_byte_edited_exported_image_is_restored_and_never_versioned(tmp_path, monkeypatch):
+    """The DVC cache is hard-linked to the data, so an in-place edit reaches the cached object too."""
+    import hashlib
+
+    isolate_dvc(tmp_path, monkeypatch)
+    project = Project(tmp_path).setup()
+    project.build()
+    image = sorted((project.data / "mycanvas").glob("*.png"))[0]
+    original = image.read_bytes()
+    with open(image, "r+b") as handle:  # in place, same size
+        handle.seek(200)
+        byte = handle.read(1)
+        handle.seek(200)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    edited_md5 = hashlib.md5(image.read_bytes()).hexdigest()
+    code, output = _materialize(project)
+    assert code == 0, output
+    assert image.read_bytes() == original
+    cache = project.root / ".dvc/cache/files/md5"
+    assert edited_md5 not in {p.parent.name + p.name for p in cache.rglob("*") if p.is_file()}
+    assert not [p for p in cache.rglob("*") if p.is_file() and hashlib.md5(p.read_bytes()).hexdigest() == edited_md5]
