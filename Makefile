@@ -13,7 +13,7 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish lock clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -42,14 +42,14 @@ $(VENV)/.installed-paper: $(VENV)/.installed $(LOCK_DIR)/paper.txt
 # Rewrites the locks from pyproject.toml's pins and requirements/dvc.in with pip-tools, through
 # this machine's pip configuration (its index, so the hashes are those pip will check). Existing
 # pins are kept where they still fit; `make lock UPGRADE=1` moves every unpinned package to its
-# newest version. paper.txt is resolved first and seeds base.txt, so both agree on shared packages.
+# newest version. paper.txt (the paper's models and Ray) is resolved first and seeds base.txt, so both agree on shared packages.
 # setuptools is pinned too (--allow-unsafe): torch requires it, and --require-hashes needs every package.
 LOCK_TOOLS := .tmp-lock-tools
 PIP_TOOLS_VERSION := 7.6.2
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links --no-emit-options $(if $(UPGRADE),--upgrade)
 lock: $(LOCK_TOOLS)/.installed-$(PIP_TOOLS_VERSION)
-	$(PIP_COMPILE) --extra dev --extra paper -o $(LOCK_DIR)/paper.txt pyproject.toml
+	$(PIP_COMPILE) --extra dev --extra paper --extra cluster -o $(LOCK_DIR)/paper.txt pyproject.toml
 	cp $(LOCK_DIR)/paper.txt $(LOCK_DIR)/base.txt
 	$(PIP_COMPILE) --extra dev -o $(LOCK_DIR)/base.txt pyproject.toml
 	$(PIP_COMPILE) -o $(LOCK_DIR)/dvc.txt $(LOCK_DIR)/dvc.in
@@ -120,6 +120,10 @@ bench-memory: setup weights
 # Publishing after each of 10 concepts added to a 20-concept dataset (README: "Publishing costs what changed").
 bench-publish: setup weights
 	$(BIN)/python bench/bench_publish.py
+
+# Repainting over 1, 2 and 4 Ray workers on fake GPUs, a device-bound stand-in (README: "Scaling out").
+bench-cluster: setup-paper
+	$(BIN)/python bench/bench_cluster.py
 
 bench-dvc: setup dvc-env
 	$(BIN)/python bench/bench_dvc.py

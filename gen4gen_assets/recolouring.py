@@ -8,9 +8,14 @@ from .partitions import composition_partitions
 
 
 def _describe(run, result):
-    return {"images": MetadataValue.int(len(result.manifest["images"])),
-            "harmonisation": MetadataValue.text(run.config.recolour.harmonisation),
-            "folder": MetadataValue.path(str(run.final_dir))}
+    metadata = {"images": MetadataValue.int(len(result.manifest["images"])),
+                "harmonisation": MetadataValue.text(run.config.recolour.harmonisation),
+                "folder": MetadataValue.path(str(run.final_dir))}
+    calls = getattr(run.resources.repaint.backend, "calls", None)
+    if calls:  # Ray workers (a backend per run, so these are this partition's): where each batch ran
+        metadata["placement"] = MetadataValue.json([{k: c.get(k) for k in ("hostname", "node_id", "gpu_ids", "size",
+                                                                           "start", "end")} for c in calls])
+    return metadata
 
 
 recoloured_images = stage_asset(

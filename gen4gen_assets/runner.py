@@ -50,8 +50,35 @@ def materialize_all(defs, instance, log=print, incremental: bool = True, verify:
     """Catalogue, then the concept partitions, the composition partitions, then the dataset.
 
     ``incremental=False`` rebuilds every partition. A failing partition is recorded and the
-    others go on; the dataset exports every composition whose chain is current.
+    others go on; the dataset exports every composition whose chain is current. Ray workers
+    (``[ray] enabled``) serve every run of this call and are stopped at its end; where they ran
+    and what they served goes to ``build/placement.json``.
     """
+    from gen4gen.pooled_backends import close_shared_pools
+
+    try:
+        return _materialize_all(defs, instance, log, incremental, verify, honour_backoff)
+    finally:
+        placements = close_shared_pools()
+        if placements:
+            _write_placement(defs.resources["settings"].config, placements, log)
+
+
+def _write_placement(config, placements: list[dict], log) -> None:
+    import json
+
+    from gen4gen.io import atomic_write_text
+
+    path = config.paths.build / "placement.json"
+    atomic_write_text(path, json.dumps({"pools": placements}, indent=1, sort_keys=True))
+    for pool in placements:
+        workers = pool["workers"]
+        nodes = {w["hostname"] + ":" + w["node_id"][:8] for w in workers}
+        log(f"Ray: {len(workers)} {pool['backend']} workers on {len(nodes)} node(s), "
+            f"{sum(w['batches_served'] for w in workers)} batches; placement in {path}")
+
+
+def _materialize_all(defs, instance, log, incremental, verify, honour_backoff) -> RunSummary:
     from gen4gen.concepts import load_registry
     from gen4gen.incremental import plan_updates
 

@@ -16,14 +16,10 @@ class RepaintResource(ModelResource):
     """
 
     def build_backend(self):
-        from gen4gen.scenes import discover_scene_bank
+        # One place decides which repainter a configuration means: here, and in a Ray worker.
+        from gen4gen.pooled_backends import pooled_repainter, repainter_spec
 
         config = self.settings.config
-        scenes = discover_scene_bank(config.paths.backgrounds, config.input.image_extensions)
-        if config.recolour.backend == "sdxl":
-            from gen4gen.models.sdxl_repaint import SdxlRepainter
-
-            return SdxlRepainter(config.recolour, scenes, PROJECT_ROOT).load()
-        from gen4gen.recolour import SceneBankRepainter
-
-        return SceneBankRepainter(scenes, config.recolour)
+        if config.ray.enabled:  # the models live in the run's Ray workers, one per GPU
+            return pooled_repainter(config, PROJECT_ROOT)
+        return repainter_spec(config, PROJECT_ROOT).build()

@@ -253,3 +253,14 @@ def test_a_gpu_index_beyond_those_visible_is_refused_by_name(monkeypatch):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(RuntimeError, match=r"'cuda:2'.*sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4,5\)"):
         resolve_device("cuda:2")
+
+
+def test_a_ray_address_from_the_command_line_keeps_the_files_other_ray_settings(clean_env, tmp_path):
+    from gen4gen.config.loading import RAY_ADDRESS_ENV
+
+    file = tmp_path / "ray.toml"
+    file.write_text("[ray]\nrepaint_workers = 3\n", encoding="utf-8")
+    assert load_config(file).ray.enabled is False
+    clean_env.setenv(RAY_ADDRESS_ENV, "head.example:6379")
+    ray = load_config(file).ray
+    assert (ray.enabled, ray.address, ray.repaint_workers) == (True, "head.example:6379", 3)

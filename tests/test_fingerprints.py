@@ -101,7 +101,8 @@ def test_report_settings_rebuild_only_the_report(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("recolour.batch_size", 1), ("segmentation.threads", 1),
-                                       ("recolour.compile", True), ("layout.llm.timeout_s", 5.0)])
+                                       ("recolour.compile", True), ("layout.llm.timeout_s", 5.0),
+                                       ("ray.enabled", True), ("ray.repaint_workers", 3)])
 def test_settings_that_change_pixels_only_within_tolerance_are_not_in_the_fingerprint(key, value, tmp_path):
     base = _config(tmp_path)
     changed = PipelineConfig.model_validate(_set({"data_dir": str(tmp_path / "data")}, key, value))

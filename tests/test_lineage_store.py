@@ -272,3 +272,15 @@ def test_a_listing_keeps_member_edges_for_its_newest_version_only(tmp_path):
         newest = reader.resolve(str(data / "mycanvas/metadata.jsonl"))
         assert [p["path"] for p in reader.tree(newest["id"])["parents"]] == ["mycanvas/img_01.png"]
         assert reader.connection.execute("SELECT count(*) FROM edges WHERE role = 'listed'").fetchone()[0] == 1
+
+
+def test_an_empty_export_writes_empty_lineage_tables(tmp_path):
+    """Every composition left out: the export has no image, and its lineage files are still written."""
+    import pyarrow.parquet
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with open_reader(data) as reader:  # a new database: its schema was just written
+        written = reader.export_parquet([], data / "mycanvas", pending=[])
+    assert sorted(p.name for p in written) == ["lineage_artifacts.parquet", "lineage_edges.parquet"]
+    assert all(pyarrow.parquet.read_table(p).num_rows == 0 for p in written)

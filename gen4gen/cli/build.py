@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def cmd_materialize(args) -> int:
     from gen4gen_assets.definitions import build_definitions
     from gen4gen_assets.runner import materialize_all
 
+    if args.ray_address:
+        from ..config.loading import RAY_ADDRESS_ENV
+
+        os.environ[RAY_ADDRESS_ENV] = args.ray_address  # the resources load the configuration again
     config = load_config(args.config, **overrides(args))
     if not _data_dir_ok(config, args):
         return 2
@@ -129,6 +134,8 @@ def register(sub) -> None:
                              help="retire the concepts whose folders are gone (the catalogue refuses otherwise)")
     materialize.add_argument("--retry-failed", action="store_true",
                              help="forget the failure counts: partitions given up are tried again")
+    materialize.add_argument("--ray-address", help="run the GPU models in Ray workers on this cluster (HEAD:6379); "
+                                                  "the same as [ray] enabled = true, address = ...")
     materialize.set_defaults(func=cmd_materialize)
     plan = sub.add_parser("plan", help="what `materialize` would build and why (nothing is built)")
     plan.add_argument("--data-dir")

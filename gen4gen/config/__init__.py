@@ -10,7 +10,7 @@ Modules: ``types`` (shared ranges), ``stages`` and ``quality`` and ``operations`
 """
 from .errors import ConfigError
 from .loading import load_config
-from .operations import DvcConfig, RegenerationConfig
+from .operations import DvcConfig, RayConfig, RegenerationConfig
 from .pipeline import PROFILES, PROJECT_ROOT, PipelineConfig, ProjectPaths, apply_profile, deep_merge, resolve_path
 from .quality import ClipConfig, DetectorConfig, DinoConfig, EvaluationConfig, ScoreThreshold, ScreeningConfig
 from .stages import (DEFAULT_NEGATIVE_PROMPT, CaptionConfig, CompositionConfig, EndpointConfig, FilterConfig,
@@ -23,5 +23,5 @@ __all__ = [
     "InputConfig", "ProposalConfig", "SegmentationConfig", "LayoutConfig", "CompositionConfig", "RecolourConfig",
     "CaptionConfig", "FilterConfig", "ReportConfig", "EndpointConfig",
     "ClipConfig", "DetectorConfig", "DinoConfig", "ScoreThreshold", "ScreeningConfig", "EvaluationConfig",
-    "DvcConfig", "RegenerationConfig",
+    "DvcConfig", "RayConfig", "RegenerationConfig",
 ]

@@ -17,6 +17,10 @@ from .pipeline import PROFILES, PipelineConfig, apply_profile
 OVERRIDE_SOURCE = "override"
 
 
+# Joins the Ray cluster at this address (``[ray] enabled``, ``address``) whatever the file says.
+RAY_ADDRESS_ENV = "GEN4GEN_RAY_ADDRESS"
+
+
 def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineConfig:
     """Defaults, then the TOML file (explicit, ``GEN4GEN_CONFIG`` or ./gen4gen.toml), then env.
 
@@ -29,11 +33,15 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
         layers.append((str(file), read_toml(file)))
     if os.environ.get("GEN4GEN_DATA_DIR"):
         layers.append(("GEN4GEN_DATA_DIR", {"data_dir": os.environ["GEN4GEN_DATA_DIR"]}))
+    if os.environ.get(RAY_ADDRESS_ENV):  # `gen4gen materialize --ray-address`, also seen by step processes
+        layers.append((RAY_ADDRESS_ENV, {"ray": {"enabled": True, "address": os.environ[RAY_ADDRESS_ENV]}}))
     if overrides:
         layers.append((OVERRIDE_SOURCE, dict(overrides)))
     values: dict = {}
     for _, layer in layers:
-        values.update(layer)
+        for key, value in layer.items():  # a section set by a later layer keeps the keys it does not set
+            values[key] = {**values[key], **value} if isinstance(value, dict) and isinstance(values.get(key), dict) \
+                else value
     # Profile precedence: an explicit override, then GEN4GEN_PROFILE, then the file, then embedded.
     profile, profile_source = "embedded", "defaults"
     for candidate, source in ((overrides.get("profile"), OVERRIDE_SOURCE),

@@ -1,11 +1,11 @@
-"""Configuration sections of the operations around the pipeline: DVC versioning and rebuilds."""
+"""Configuration sections of the operations around the pipeline: DVC versioning, rebuilds, Ray."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .types import Count, Fraction, NonNegativeFloat, Section
+from .types import Count, Fraction, NonNegativeCount, NonNegativeFloat, PositiveFloat, Section
 
 
 class DvcConfig(Section):
@@ -53,3 +53,23 @@ class RegenerationConfig(Section):
     # The catalogue refuses to retire more than this share of its concepts at once (a folder that
     # was unmounted or emptied by mistake) unless the removals are confirmed.
     max_removed_share: Fraction = 0.25
+
+
+class RayConfig(Section):
+    """GPU stages' models in Ray actors, one per GPU, loaded once per run (README: "Scaling out").
+
+    Off by default: the embedded default starts no Ray. Where a stage runs changes no pixel, so
+    none of these keys is in a fingerprint.
+    """
+
+    enabled: bool = False
+    # A running cluster ("ray://head:10001" or "head:6379"); empty: a Ray on this machine only,
+    # listening on loopback.
+    address: str = ""
+    # GPUs the local Ray declares (empty: those Ray detects). Declared GPUs need not exist:
+    # the tests use fake ones, which only get an id and a CUDA_VISIBLE_DEVICES each.
+    local_gpus: NonNegativeCount | None = None
+    # GPUs each repainting worker holds (a fraction shares a card between several workers).
+    repaint_gpus_per_worker: PositiveFloat = 1.0
+    # How many repainting workers (empty: as many as the free GPUs hold).
+    repaint_workers: Count | None = None

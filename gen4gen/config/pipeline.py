@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictInt
 
 from .errors import ConfigError
-from .operations import DvcConfig, RegenerationConfig
+from .operations import DvcConfig, RayConfig, RegenerationConfig
 from .quality import ClipConfig, DetectorConfig, DinoConfig, EvaluationConfig, ScreeningConfig
 from .stages import (CaptionConfig, CompositionConfig, FilterConfig, InputConfig, LayoutConfig, ProposalConfig,
                      RecolourConfig, ReportConfig, SegmentationConfig)
@@ -46,6 +46,7 @@ class PipelineConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     dvc: DvcConfig = Field(default_factory=DvcConfig)
     regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
     def paths(self) -> "ProjectPaths":

@@ -135,12 +135,15 @@ def connect(data_dir: Path, *, read_only: bool = False):
             raise LineageDatabaseDamaged(path, exc) from exc
         raise
     try:
-        connection.execute("SET enable_progress_bar = false")  # bulk inserts would draw bars on stderr
+        # Every result is fetched to the end: DuckDB refuses relational queries on a connection
+        # that still holds an unfinished one.
+        connection.execute("SET enable_progress_bar = false").fetchall()  # bulk inserts would draw bars
         if is_new:  # callers hold the lock, so exactly one process creates the schema
-            connection.execute(SCHEMA)
-            connection.execute("INSERT INTO settings VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            connection.execute(SCHEMA).fetchall()
+            connection.execute("INSERT INTO settings VALUES ('schema_version', ?)", [SCHEMA_VERSION]).fetchall()
         else:
-            version = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
+            rows = connection.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchall()
+            version = rows[0] if rows else None
             if version is None or version[0] != SCHEMA_VERSION:
                 raise LineageDatabaseDamaged(path, RuntimeError(f"schema version {version and version[0]} is not "
                                                                 f"{SCHEMA_VERSION}"))

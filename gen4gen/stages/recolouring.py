@@ -27,8 +27,10 @@ def recolour_composition(composition: str, config: PipelineConfig, repainter, ou
     backgrounds: dict[str, str] = {}
     settings = config.recolour
     images = composed["images"]
-    for batch_start in range(0, len(images), settings.batch_size):
-        batch = images[batch_start:batch_start + settings.batch_size]
+    # A pooled repainter takes enough requests per call to give each of its workers a batch.
+    step = getattr(repainter, "requests_per_call", settings.batch_size)
+    for batch_start in range(0, len(images), step):
+        batch = images[batch_start:batch_start + step]
         requests = []
         for entry in batch:
             requests.append(RepaintRequest(

@@ -1,0 +1,143 @@
+"""Model backends served by a :class:`~gen4gen.gpu_pool.GpuWorkerPool`, and the pool a run shares.
+
+With ``[ray] enabled``, a resource's backend is a pooled one: its calls are spread over the
+pool's workers, one per GPU. The pool is shared by every run of the process
+(:func:`shared_pool`): `gen4gen materialize` runs one Dagster run per partition in its own
+process, so each worker loads its model once per invocation. :func:`close_shared_pools` ends them
+and returns where everything ran; a process that exits without calling it closes them at exit,
+and Ray removes the actors of a driver that dies (they are not detached).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import pickle
+import threading
+import time
+from typing import Any
+
+from .gpu_pool import BackendSpec, GpuWorkerPool, connect
+
+# The paper profile's measured SDXL inpainting + refiner time per image on one H100.
+SDXL_SECONDS_PER_IMAGE_H100 = 2.62
+
+_POOLS: dict[str, GpuWorkerPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int | None) -> GpuWorkerPool:
+    """This process's pool for ``spec``, started (and Ray joined or started) on first use."""
+    key = hashlib.sha256(pickle.dumps((spec, num_gpus, workers))).hexdigest()
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            connect(ray_config.address or None, ray_config.local_gpus)
+            pool = _POOLS[key] = GpuWorkerPool(spec, workers, num_gpus=num_gpus)
+        return pool
+
+
+def close_shared_pools() -> list[dict]:
+    """Close every shared pool; returns each one's placement (workers, and every batch served)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    placements = []
+    for pool in pools:
+        try:
+            placements.append({"backend": pool.spec.factory, "start_seconds": round(pool.start_seconds, 3),
+                               **pool.placement()})
+        finally:
+            pool.close()
+    return placements
+
+
+atexit.register(close_shared_pools)
+
+
+def pooled_repainter(config, project_root=None) -> "PooledRepainter":
+    """The configured repainter on the shared pool (``[ray]``: GPUs per worker, workers)."""
+    settings = config.ray
+    pool = shared_pool(repainter_spec(config, project_root), settings, num_gpus=settings.repaint_gpus_per_worker,
+                       workers=settings.repaint_workers)
+    return PooledRepainter(pool, config.recolour.batch_size)
+
+
+def repainter_spec(config, project_root=None) -> BackendSpec:
+    """The configured repainter (``recolour.backend``) as a spec, as ``RepaintResource`` builds it."""
+    from gen4gen.scenes import discover_scene_bank
+
+    scenes = discover_scene_bank(config.paths.backgrounds, config.input.image_extensions)
+    if config.recolour.backend == "sdxl":
+        from gen4gen.config import PROJECT_ROOT
+
+        return BackendSpec("gen4gen.models.sdxl_repaint:SdxlRepainter",
+                           (config.recolour, scenes, project_root or PROJECT_ROOT), then="load")
+    return BackendSpec("gen4gen.recolour:SceneBankRepainter", (scenes, config.recolour))
+
+
+class StandInRepainter:
+    """A stand-in for a GPU repainter, for benchmarks and tests: no model, only its timing.
+
+    Loading holds for ``load_seconds``; each image holds the device for ``seconds_per_image``
+    (a sleep, so it costs no CPU, as a GPU-bound step would not), then does the light CPU work
+    a real worker does: an image from the request's seed, kept objects laid over it, PNG-encoded.
+    """
+
+    name = "stand_in"
+
+    def __init__(self, seconds_per_image: float = SDXL_SECONDS_PER_IMAGE_H100, load_seconds: float = 3.0,
+                 png_compress_level: int = 1):
+        self.seconds_per_image = seconds_per_image
+        self.png_compress_level = png_compress_level
+        time.sleep(load_seconds)
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "seconds_per_image": self.seconds_per_image}
+
+    def repaint(self, requests) -> list[tuple[Any, dict]]:
+        import hashlib
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        results = []
+        for request in requests:
+            time.sleep(self.seconds_per_image)
+            height, width = request.image.shape[:2]
+            coarse = np.random.default_rng(request.seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            background = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR))
+            image = np.where(request.mask[..., None] >= 128, request.image, background)
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG", compress_level=self.png_compress_level)
+            results.append((image, {"seed": request.seed, "png_sha256": hashlib.sha256(png.getvalue()).hexdigest()}))
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class PooledRepainter:
+    """A :class:`~gen4gen.backends.Repainter` whose ``repaint`` spreads one call's requests
+    over the pool, ``batch_size`` per worker call; the pool's owner closes the pool."""
+
+    def __init__(self, pool: GpuWorkerPool, batch_size: int):
+        self.pool = pool
+        self.batch_size = max(1, batch_size)
+        self.name = pool.workers[0]["backend"]
+        # A stage hands this many requests per call, so that every worker has a batch.
+        self.requests_per_call = self.batch_size * len(pool)
+        self.calls: list[dict] = []  # the batches this backend's calls ran: worker, node, GPU, times
+
+    def identity(self) -> dict:
+        return {**self.pool.identity(), "workers": len(self.pool)}
+
+    def repaint(self, requests: list) -> list:
+        chunks = [requests[i:i + self.batch_size] for i in range(0, len(requests), self.batch_size)]
+        seen = len(self.pool.calls)
+        outputs = self.pool.map("repaint", chunks)
+        self.calls += self.pool.calls[seen:]  # other threads' calls may interleave: kept by design (rare)
+        return [result for output in outputs for result in output]
+
+    def close(self) -> None:
+        pass

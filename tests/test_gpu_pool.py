@@ -1,0 +1,189 @@
+"""The Ray model-worker pool on a local Ray that declares 4 fake GPUs (one session for the module)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("ray is not installed (pip install 'ray==2.60.0')", allow_module_level=True)
+
+from gen4gen.gpu_pool import BackendSpec, GpuWorkerPool, connect  # noqa: E402
+from gen4gen.pooled_backends import PooledRepainter  # noqa: E402
+from gen4gen.recolour import RepaintRequest  # noqa: E402
+
+FAKE_GPUS = 4
+QUICK_STAND_IN = BackendSpec("gen4gen.pooled_backends:StandInRepainter",
+                             kwargs={"seconds_per_image": 0.02, "load_seconds": 0.05})
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # Ray is imported only here, after connect() has asked for a loopback-only local instance.
+    resources = connect(None, num_gpus_local=FAKE_GPUS, num_cpus_local=2)
+    assert resources["GPU"] == FAKE_GPUS
+    import ray
+
+    yield ray
+    ray.shutdown()
+
+
+def composite_request(seed: int, scene: str = "lawn", size: int = 96) -> RepaintRequest:
+    """A composite as the composition stage makes it: a textured object on black, with its mask."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    x, y = (int(v) for v in rng.integers(8, size // 2, 2))
+    mask[y:y + size // 3, x:x + size // 3] = 255
+    image = np.zeros((size, size, 3), np.uint8)
+    image[mask > 0] = rng.integers(0, 256, (int((mask > 0).sum()), 3), dtype=np.uint8)
+    return RepaintRequest(image=image, mask=mask, prompt=f"a photo of {scene}", negative_prompt="blurry",
+                          seed=int(rng.integers(0, 2**62)), scene=scene, instance_masks=[mask > 0])
+
+
+def png_sha256(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def test_each_worker_loads_its_model_once_however_many_batches(ray_session):
+    with GpuWorkerPool(QUICK_STAND_IN, workers=2) as pool:
+        for _ in range(3):
+            pool.map("repaint", [[composite_request(i)] for i in range(6)])
+        workers = pool.placement()["workers"]
+    assert [w["models"] for w in workers] == [{QUICK_STAND_IN.factory: 1}] * 2
+    assert sum(w["batches_served"] for w in workers) == 18
+    assert sum(w["requests_served"] for w in workers) == 18
+    assert all(w["load_seconds"] >= 0.05 for w in workers)
+
+
+def test_four_fake_gpus_give_four_workers_each_on_its_own_gpu(ray_session):
+    with GpuWorkerPool(QUICK_STAND_IN) as pool:
+        workers = pool.placement()["workers"]
+    assert len(workers) == FAKE_GPUS
+    assert sorted(g for w in workers for g in w["gpu_ids"]) == [str(i) for i in range(FAKE_GPUS)]
+    assert len({(w["node_id"], tuple(w["gpu_ids"])) for w in workers}) == FAKE_GPUS
+    # Ray hands each worker its card as the only one CUDA can see.
+    assert all(w["cuda_visible_devices"] == w["gpu_ids"][0] for w in workers)
+    assert len({w["pid"] for w in workers}) == FAKE_GPUS
+
+
+def test_results_come_back_in_input_order_with_per_batch_placement(ray_session):
+    requests = [composite_request(i) for i in range(7)]
+    # The first batch is the longest, so it finishes after later ones: order must be restored.
+    batches = [requests[:4], requests[4:5], requests[5:6], requests[6:]]
+    with GpuWorkerPool(QUICK_STAND_IN, workers=4) as pool:
+        outputs = pool.map("repaint", batches, labels=["first", "second", "third", "fourth"])
+        calls = pool.placement()["calls"]
+    assert [[info["seed"] for _, info in output] for output in outputs] == [[r.seed for r in b] for b in batches]
+    finished = [call["batch"] for call in sorted(calls, key=lambda c: c["end"])]
+    assert finished[-1] == 0, "the test needs the first batch to finish last"
+    assert sorted(c["batch"] for c in calls) == [0, 1, 2, 3]
+    assert len({c["worker"] for c in calls}) == 4
+    for call in calls:
+        assert call["label"] == ["first", "second", "third", "fourth"][call["batch"]]
+        assert call["node_id"] and call["gpu_ids"] and call["size"] == len(batches[call["batch"]])
+        assert call["submitted"] <= call["start"] <= call["end"] <= call["received"]
+        assert call["end"] - call["start"] >= 0.02 * call["size"]
+
+
+def test_scene_bank_outputs_are_byte_identical_on_one_and_four_workers(ray_session):
+    from gen4gen.config import RecolourConfig
+    from gen4gen.recolour import SceneBankRepainter
+    from gen4gen.scenes import BUILTIN_SCENES
+
+    spec = BackendSpec("gen4gen.recolour:SceneBankRepainter", (list(BUILTIN_SCENES), RecolourConfig()))
+    scenes = [s.name for s in BUILTIN_SCENES]
+    groups = {f"composition-{c}": [composite_request(10 * c + i, scenes[(c + i) % len(scenes)]) for i in range(3)]
+              for c in range(4)}
+    digests, call_labels = {}, {}
+    for workers in (1, 4):
+        with GpuWorkerPool(spec, workers=workers) as pool:
+            results = pool.map_partitions("repaint", groups, batch_size=2)
+            call_labels[workers] = sorted(c["label"] for c in pool.placement()["calls"])
+        digests[workers] = {key: [(png_sha256(image), info) for image, info in items] for key, items in results.items()}
+    embedded = SceneBankRepainter(list(BUILTIN_SCENES), RecolourConfig())
+    in_process = {key: [(png_sha256(image), info) for image, info in embedded.repaint(items)]
+                  for key, items in groups.items()}
+    assert digests[1] == digests[4] == in_process
+    assert len({sha for items in digests[4].values() for sha, _ in items}) == 12
+    # Batches of 2 over partitions of 3: two batches per partition, none mixing partitions.
+    assert call_labels[1] == call_labels[4] == sorted(list(groups) * 2)
+
+
+def test_batches_mix_partitions_only_when_allowed(ray_session):
+    groups = {"a": [composite_request(i) for i in range(3)], "b": [composite_request(10 + i) for i in range(2)]}
+    with GpuWorkerPool(QUICK_STAND_IN, workers=2) as pool:
+        kept = pool.map_partitions("repaint", groups, batch_size=2)
+        kept_labels = [c["label"] for c in sorted(pool.placement()["calls"], key=lambda c: c["batch"])]
+        pool.calls.clear()
+        mixed = pool.map_partitions("repaint", groups, batch_size=2, mix_partitions=True)
+        mixed_labels = [c["label"] for c in sorted(pool.placement()["calls"], key=lambda c: c["batch"])]
+    assert kept_labels == ["a", "a", "b"]
+    assert mixed_labels == ["a", "a+b", "b"]
+    expected = {key: [r.seed for r in items] for key, items in groups.items()}
+    assert {k: [i["seed"] for _, i in v] for k, v in kept.items()} == expected
+    assert {k: [i["seed"] for _, i in v] for k, v in mixed.items()} == expected
+
+
+def test_a_failing_batch_is_raised_and_the_pool_keeps_working(ray_session):
+    with GpuWorkerPool(QUICK_STAND_IN, workers=2) as pool:
+        with pytest.raises(Exception, match="has no attribute .image."):
+            pool.map("repaint", [[composite_request(1)], [None], [composite_request(2)]])
+        outputs = pool.map("repaint", [[composite_request(3)], [composite_request(4)], [composite_request(5)]])
+        adapter = PooledRepainter(pool, batch_size=2)
+        repainted = adapter.repaint([composite_request(i) for i in range(5)])
+    assert [o[0][1]["seed"] for o in outputs] == [composite_request(i).seed for i in (3, 4, 5)]
+    assert adapter.name == "stand_in"
+    assert [info["seed"] for _, info in repainted] == [composite_request(i).seed for i in range(5)]
+
+
+def test_close_leaves_no_actors_and_frees_the_gpus(ray_session):
+    ray = ray_session
+    pool = GpuWorkerPool(QUICK_STAND_IN)
+    names = pool.actor_names
+    pids = [w["pid"] for w in pool.placement()["workers"]]
+    assert all(_actor_exists(ray, name) for name in names) and all(_process_alive(pid) for pid in pids)
+    assert ray.available_resources().get("GPU", 0) == 0
+    pool.close()
+    pool.close()
+    assert ray.available_resources().get("GPU", 0) == FAKE_GPUS
+    assert not [name for name in names if _actor_exists(ray, name)]
+    deadline = time.monotonic() + 15  # the worker processes exit a moment after their actors die
+    while time.monotonic() < deadline and any(_process_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _process_alive(pid)], "worker processes outlived close()"
+
+
+def test_a_pool_that_cannot_start_fails_and_holds_nothing(ray_session):
+    ray = ray_session
+    with pytest.raises(RuntimeError, match="were not all placed and loaded"):
+        GpuWorkerPool(QUICK_STAND_IN, workers=FAKE_GPUS + 1, start_timeout_s=3)
+    with pytest.raises(Exception, match="gen4gen.no_such_module"):
+        GpuWorkerPool(BackendSpec("gen4gen.no_such_module:Repainter"), workers=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and ray.available_resources().get("GPU", 0) < FAKE_GPUS:
+        time.sleep(0.1)
+    assert ray.available_resources().get("GPU", 0) == FAKE_GPUS
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _actor_exists(ray, name: str) -> bool:
+    try:
+        ray.get_actor(name)
+    except ValueError:
+        return False
+    return True
