@@ -26,12 +26,21 @@ _POOLS_LOCK = threading.Lock()
 
 
 def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int | None) -> GpuWorkerPool:
-    """This process's pool for ``spec``, started (and Ray joined or started) on first use."""
+    """This process's pool for ``spec``, started (and Ray joined or started) on first use.
+
+    ``workers`` None: as many as the free GPUs hold for whole-GPU workers, one per GPU for
+    fractional ones (small models need not fill every share of a card).
+    """
     key = hashlib.sha256(pickle.dumps((spec, num_gpus, workers))).hexdigest()
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            connect(ray_config.address or None, ray_config.local_gpus)
+            gpus = connect(ray_config.address or None, ray_config.local_gpus).get("GPU", 0.0)
+            if gpus < num_gpus:  # the workers could never be placed: say so now, not after a timeout
+                raise RuntimeError(f"[ray] enabled, but the Ray cluster has {gpus:g} GPU(s) and a worker of "
+                                   f"{spec.factory} needs {num_gpus:g}; set [ray] local_gpus, or switch [ray] off")
+            if workers is None and num_gpus < 1:
+                workers = max(1, int(gpus))
             pool = _POOLS[key] = GpuWorkerPool(spec, workers, num_gpus=num_gpus)
         return pool
 
@@ -52,6 +61,19 @@ def close_shared_pools() -> list[dict]:
 
 
 atexit.register(close_shared_pools)
+
+
+def pooled_model(config, section: str, project_root=None):
+    """``[clip]``, ``[detector]`` or ``[dino]`` on the shared pool, a share of a GPU per worker."""
+    from .config import PROJECT_ROOT
+
+    settings = config.ray
+    section_config = getattr(config, section)
+    factory = "gen4gen.pooled_backends:DetectorPairs" if section == "detector" else f"gen4gen.models.clip:load_{section}"
+    pool = shared_pool(BackendSpec(factory, (section_config, project_root or PROJECT_ROOT)), settings,
+                       num_gpus=settings.small_model_gpus_per_worker, workers=settings.small_model_workers)
+    batch_size = getattr(section_config, "batch_size", 32)
+    return PooledDetector(pool, batch_size) if section == "detector" else PooledEmbedder(pool, batch_size)
 
 
 def pooled_repainter(config, project_root=None) -> "PooledRepainter":
@@ -141,3 +163,65 @@ class PooledRepainter:
 
     def close(self) -> None:
         pass
+
+
+class _Pooled:
+    """What the pooled model backends share: the pool, the batch size, the wrapped identity."""
+
+    def __init__(self, pool: GpuWorkerPool, batch_size: int):
+        self.pool = pool
+        self.batch_size = max(1, batch_size)
+        self.name = pool.workers[0]["backend"]
+        # The workers' backend, not the pool: scores and fingerprints do not depend on where it ran.
+        self._identity = pool.identity()
+
+    def identity(self) -> dict:
+        return self._identity
+
+    def _map(self, method: str, items: list) -> list:
+        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
+        return self.pool.map(method, chunks)
+
+    def close(self) -> None:
+        pass
+
+
+class PooledEmbedder(_Pooled):
+    """A CLIP or DINO embedder (:class:`~gen4gen.backends.ClipEmbedder`) whose batches run on the pool."""
+
+    def embed_images(self, images):
+        import numpy as np
+
+        return np.concatenate(self._map("embed_images", list(images)))
+
+    def embed_texts(self, texts):
+        import numpy as np
+
+        return np.concatenate(self._map("embed_texts", list(texts)))
+
+
+class PooledDetector(_Pooled):
+    """A :class:`~gen4gen.backends.Detector` whose batches run on the pool."""
+
+    def detect(self, images, class_names):
+        outputs = self._map("detect_pairs", list(zip(images, class_names)))
+        return [found for output in outputs for found in output]
+
+
+class DetectorPairs:
+    """The configured detector as a pool worker builds it: a batch is one list of (image, class names)."""
+
+    def __init__(self, config, project_root):
+        from .models.clip import load_detector
+
+        self.backend = load_detector(config, project_root)
+        self.name = getattr(self.backend, "name", type(self.backend).__name__)
+
+    def identity(self) -> dict:
+        return self.backend.identity()
+
+    def detect_pairs(self, batch: list) -> list:
+        return self.backend.detect([image for image, _ in batch], [names for _, names in batch]) if batch else []
+
+    def close(self) -> None:
+        self.backend.close()

@@ -56,10 +56,11 @@ def materialize_all(defs, instance, log=print, incremental: bool = True, verify:
     """
     from gen4gen.pooled_backends import close_shared_pools
 
+    placements: list[dict] = []
     try:
-        return _materialize_all(defs, instance, log, incremental, verify, honour_backoff)
+        return _materialize_all(defs, instance, log, incremental, verify, honour_backoff, placements)
     finally:
-        placements = close_shared_pools()
+        placements += close_shared_pools()
         if placements:
             _write_placement(defs.resources["settings"].config, placements, log)
 
@@ -78,7 +79,7 @@ def _write_placement(config, placements: list[dict], log) -> None:
             f"{sum(w['batches_served'] for w in workers)} batches; placement in {path}")
 
 
-def _materialize_all(defs, instance, log, incremental, verify, honour_backoff) -> RunSummary:
+def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, placements) -> RunSummary:
     from gen4gen.concepts import load_registry
     from gen4gen.incremental import plan_updates
 
@@ -134,6 +135,10 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff) -
     # Re-plan: what failed above is left out of the export, which never waits for it.
     plan = plan_updates(config, load_registry(config.paths.registry), honour_backoff=True, force=force)
     if plan.publish:
+        # The repainting workers hold the GPUs; screening's small models need a share of them.
+        from gen4gen.pooled_backends import close_shared_pools
+
+        placements += close_shared_pools()
         log("publishing the dataset")
         run("publish_dataset", "mycanvas + evaluation_report")
     else:

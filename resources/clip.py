@@ -20,8 +20,12 @@ class _ClipFamilyResource(ModelResource):
     def build_backend(self):
         from gen4gen.models import clip
 
-        config = getattr(self.settings.config, self._section)
-        return getattr(clip, f"load_{self._section}")(config, PROJECT_ROOT)
+        config = self.settings.config
+        if config.ray.enabled and self.configured:  # the model lives in the run's Ray workers
+            from gen4gen.pooled_backends import pooled_model
+
+            return pooled_model(config, self._section, PROJECT_ROOT)
+        return getattr(clip, f"load_{self._section}")(getattr(config, self._section), PROJECT_ROOT)
 
     @property
     def configured(self) -> bool:

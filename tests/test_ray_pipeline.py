@@ -60,3 +60,71 @@ def test_repainting_on_four_fake_gpus_loads_each_model_once_and_changes_no_byte(
     event = instance.get_latest_materialization_event(AssetKey("recoloured_images"))
     batches = event.asset_materialization.metadata["placement"].value
     assert batches and {b["size"] for b in batches} == {1}
+
+
+def _tiny_models_config(models) -> str:
+    from .tiny_clip_models import dino_dir, open_clip_dir, owlvit_dir
+
+    return f"""
+[clip]
+backend = "open_clip"
+weights_path = "{open_clip_dir(models).as_posix()}"
+device = "cpu"
+dtype = "fp32"
+batch_size = 4
+[detector]
+backend = "owlvit"
+model = "{owlvit_dir(models).as_posix()}"
+threshold = 0.0
+device = "cpu"
+batch_size = 4
+[dino]
+backend = "transformers"
+model = "{dino_dir(models).as_posix()}"
+device = "cpu"
+batch_size = 4
+[screening]
+caption_score = {{ min = -1.0 }}
+concept_similarity = {{ top_fraction = 0.5 }}
+"""
+
+
+def test_screening_and_metrics_on_pooled_small_models_match_a_run_without_ray(tmp_path):
+    """CLIP, OWL-ViT and DINO in Ray workers holding a quarter of a (fake) GPU each."""
+    pytest.importorskip("open_clip")
+    models = _tiny_models_config(tmp_path / "models")
+    reference, _ = _build(tmp_path / "without_ray", models)
+    ray_config = f"[ray]\nenabled = true\nlocal_gpus = 2\nsmall_model_workers = 2\n"
+    try:
+        data, _ = _build(tmp_path / "with_ray", models + ray_config)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+    def screened(folder):
+        rows = {}
+        for name in ("metadata.jsonl", "rejected.jsonl"):
+            for line in (folder / "mycanvas" / name).read_text().splitlines():
+                row = json.loads(line)
+                rows[row["image_id"]] = (name, row.get("reason_codes"), row["screening"])
+        return rows
+
+    expected, got = screened(reference), screened(data)
+    assert expected and got.keys() == expected.keys()
+    for image_id, (name, codes, scores) in expected.items():
+        assert got[image_id][:2] == (name, codes), image_id  # the same decision, for the same reasons
+        assert got[image_id][2]["caption_score"] == pytest.approx(scores["caption_score"], abs=1e-5)
+        assert got[image_id][2]["concept_similarity"] == pytest.approx(scores["concept_similarity"], abs=1e-5)
+    summary = json.loads((data / "reports/report.json").read_text())["evaluation"]["sets"]["mycanvas"]["summary"]
+    reference_summary = json.loads((reference / "reports/report.json").read_text())["evaluation"]["sets"][
+        "mycanvas"]["summary"]
+    assert summary["cp_clip"] == pytest.approx(reference_summary["cp_clip"], abs=1e-5)
+    assert summary["dino"] == pytest.approx(reference_summary["dino"], abs=1e-5)
+    pools = json.loads((data / "build/placement.json").read_text())["pools"]
+    small = {p["backend"]: p["workers"] for p in pools if "SceneBank" not in p["backend"]}
+    assert set(small) == {"gen4gen.models.clip:load_clip", "gen4gen.pooled_backends:DetectorPairs",
+                          "gen4gen.models.clip:load_dino"}
+    for workers in small.values():
+        assert len(workers) == 2 and all(sum(w["models"].values()) == 1 for w in workers)
+        assert sum(w["batches_served"] for w in workers) > 0

@@ -73,3 +73,7 @@ class RayConfig(Section):
     repaint_gpus_per_worker: PositiveFloat = 1.0
     # How many repainting workers (empty: as many as the free GPUs hold).
     repaint_workers: Count | None = None
+    # CLIP, OWL-ViT and DINO (screening and metrics) are small: each worker holds this share of a
+    # GPU, so they fit beside each other; one worker per GPU of each model unless set.
+    small_model_gpus_per_worker: PositiveFloat = 0.25
+    small_model_workers: Count | None = None
