@@ -15,19 +15,8 @@ from gen4gen_assets.definitions import build_definitions
 from gen4gen_assets.runner import materialize_all
 
 from .conftest import make_concepts
-from .test_versioning import DVC, Project, isolate_dvc, needs_dvc
-
-
-@pytest.fixture
-def dvc_env(tmp_path, monkeypatch):
-    return isolate_dvc(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def built(dvc_env):
-    project = Project(dvc_env).setup()
-    project.build()
-    return project
+# The fixtures too (a DVC project built once per test), so both modules build the same one.
+from .test_versioning import DVC, Project, built, dvc_env, isolate_dvc, needs_dvc  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------ faults

@@ -38,10 +38,11 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
     if overrides:
         layers.append((OVERRIDE_SOURCE, dict(overrides)))
     values: dict = {}
-    for _, layer in layers:
-        for key, value in layer.items():  # a section set by a later layer keeps the keys it does not set
-            values[key] = {**values[key], **value} if isinstance(value, dict) and isinstance(values.get(key), dict) \
-                else value
+    for source, layer in layers:
+        if source == RAY_ADDRESS_ENV:  # two keys of the file's [ray]; its other keys stay
+            values["ray"] = {**values.get("ray", {}), **layer["ray"]}
+        else:
+            values.update(layer)
     # Profile precedence: an explicit override, then GEN4GEN_PROFILE, then the file, then embedded.
     profile, profile_source = "embedded", "defaults"
     for candidate, source in ((overrides.get("profile"), OVERRIDE_SOURCE),
