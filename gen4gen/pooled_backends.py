@@ -161,6 +161,17 @@ class PooledRepainter:
         self.calls += self.pool.calls[seen:]  # other threads' calls may interleave: kept by design (rare)
         return [result for output in outputs for result in output]
 
+    def placement(self) -> dict | None:
+        """Where this backend's calls ran: each batch's node, GPU, size and times, and the load
+        time of each model that served one."""
+        if not self.calls:
+            return None
+        served = {c["worker"] for c in self.calls}
+        return {"batches": [{k: c.get(k) for k in ("hostname", "node_id", "gpu_ids", "size", "start", "end")}
+                            for c in self.calls],
+                "model_load_seconds": {str(w["worker"]): round(w["load_seconds"], 3) for w in self.pool.workers
+                                       if w["worker"] in served}}
+
     def close(self) -> None:
         pass
 

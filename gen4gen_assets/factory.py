@@ -61,14 +61,19 @@ def stage_asset(stage: str, *, build: Callable[[StageRun], StageResult], describ
                 backend_name: Callable[[StageRun, StageResult], str | dict], deps, kinds: set[str],
                 partitions_def=None, pool: str | None = None, resources: tuple[str, ...] = (),
                 check: Callable[[StageRun, StageResult], list[str]] | None = None,
-                previews: Callable[[StageRun, StageResult], list[str]] | None = None, description: str = ""):
-    """A Dagster asset for one stage of ``gen4gen.fingerprints.STAGES``."""
+                previews: Callable[[StageRun, StageResult], list[str]] | None = None, description: str = "",
+                placement: Callable[[StageRun], dict | None] | None = None):
+    """A Dagster asset for one stage of ``gen4gen.fingerprints.STAGES``.
+
+    ``placement``: where the stage's model ran (Ray workers: nodes, GPUs, batch sizes, model
+    load times), recorded in the step's metadata and in its lineage rows' ``backend``.
+    """
 
     @asset(name=stage, group_name="gen4gen", partitions_def=partitions_def, deps=deps, kinds=kinds,
            code_version=code_version(stage), pool=pool, description=description,
            required_resource_keys={"settings", "lineage", "dvc", *resources}, retry_policy=TRANSIENT_RETRIES)
     def _stage_asset(context):
-        return build_partition(context, stage, build, describe, backend_name, check, previews)
+        return build_partition(context, stage, build, describe, backend_name, check, previews, placement)
 
     return _stage_asset
 
@@ -82,7 +87,8 @@ def dvc_pending_path(paths, stage: str, key: str | None) -> Path:
     return paths.build / ".state" / "dvc_pending" / f"{stage}__{key or '_'}"
 
 
-def build_partition(context, stage, build, describe, backend_name, check, previews=None) -> MaterializeResult:
+def build_partition(context, stage, build, describe, backend_name, check, previews=None,
+                    placement=None) -> MaterializeResult:
     resources = context.resources
     config = resources.settings.config
     paths = config.paths
@@ -121,9 +127,11 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
                 if problems:
                     raise Failure(f"{stage}[{key}]: checks failed, nothing was made current: " + "; ".join(problems),
                                   allow_retries=False)
+                where = placement(run) if placement else None
                 lineage_metadata = resources.lineage.record(
-                    context, result.lineage, journal_file=staging / _journal_name(),
-                    params=desired.config, backend=desired.backend, data_version=desired.digest)
+                    context, result.lineage, journal_file=staging / _journal_name(), params=desired.config,
+                    backend={**desired.backend, "placement": where} if where else desired.backend,
+                    data_version=desired.digest)
                 files = _file_records(staging, final, result)
                 atomic_write_text(staging / FINGERPRINT_FILE, _json(fingerprint_record(desired, files, context.run.run_id)))
                 atomic_write_text(dvc_pending_path(paths, stage, key), desired.digest)
@@ -145,6 +153,7 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
         preview_cache=paths.build / ".previews",
         fingerprint=MetadataValue.text(desired.digest),
         rebuilt_because=MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "- forced"),
+        **({"placement": MetadataValue.json(where)} if where else {}),
         **describe(run, result), **lineage_metadata, **ingest_metadata, **dvc_metadata))
 
 

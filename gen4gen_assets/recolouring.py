@@ -8,14 +8,15 @@ from .partitions import composition_partitions
 
 
 def _describe(run, result):
-    metadata = {"images": MetadataValue.int(len(result.manifest["images"])),
-                "harmonisation": MetadataValue.text(run.config.recolour.harmonisation),
-                "folder": MetadataValue.path(str(run.final_dir))}
-    calls = getattr(run.resources.repaint.backend, "calls", None)
-    if calls:  # Ray workers (a backend per run, so these are this partition's): where each batch ran
-        metadata["placement"] = MetadataValue.json([{k: c.get(k) for k in ("hostname", "node_id", "gpu_ids", "size",
-                                                                           "start", "end")} for c in calls])
-    return metadata
+    return {"images": MetadataValue.int(len(result.manifest["images"])),
+            "harmonisation": MetadataValue.text(run.config.recolour.harmonisation),
+            "folder": MetadataValue.path(str(run.final_dir))}
+
+
+def _placement(run):
+    """Ray workers: where this partition's batches ran (a backend per run, so its calls are this step's)."""
+    backend = run.resources.repaint.backend
+    return backend.placement() if hasattr(backend, "placement") else None
 
 
 recoloured_images = stage_asset(
@@ -23,5 +24,5 @@ recoloured_images = stage_asset(
     build=lambda run: recolour_composition(run.key, run.config, run.resources.repaint.backend, out_dir=run.out_dir),
     describe=_describe, previews=lambda run, result: [e["image"] for e in result.manifest["images"]], partitions_def=composition_partitions,
     backend_name=lambda run, result: result.manifest["backend"],
-    deps=[composed_images], kinds={"python", "image"}, pool="gpu", resources=("repaint",),
+    deps=[composed_images], kinds={"python", "image"}, pool="gpu", resources=("repaint",), placement=_placement,
     description="Background filled behind the objects, mask feathered, object colours harmonised.")

@@ -58,8 +58,18 @@ def test_repainting_on_four_fake_gpus_loads_each_model_once_and_changes_no_byte(
     assert sum(w["requests_served"] for w in workers) == images
     assert sum(1 for w in workers if w["batches_served"]) >= 3  # three images of a composition at once
     event = instance.get_latest_materialization_event(AssetKey("recoloured_images"))
-    batches = event.asset_materialization.metadata["placement"].value
-    assert batches and {b["size"] for b in batches} == {1}
+    where = event.asset_materialization.metadata["placement"].value
+    assert len(where["batches"]) == 3 and {b["size"] for b in where["batches"]} == {1}
+    assert {b["gpu_ids"][0] for b in where["batches"]} <= {w["gpu_ids"][0] for w in workers}
+    # ... and the lineage rows of the images it made say the same.
+    from gen4gen.lineage import open_reader
+
+    image = next(p for p in (data / "build/recoloured").rglob("*.png"))
+    with open_reader(data) as reader:
+        backend = json.loads(reader.connection.execute(
+            "SELECT backend FROM artifacts WHERE path = ? ORDER BY seq DESC LIMIT 1",
+            [image.relative_to(data).as_posix()]).fetchall()[0][0])
+    assert backend["placement"]["batches"] and backend["placement"]["model_load_seconds"]
 
 
 def _tiny_models_config(models) -> str:
@@ -94,7 +104,7 @@ def test_screening_and_metrics_on_pooled_small_models_match_a_run_without_ray(tm
     pytest.importorskip("open_clip")
     models = _tiny_models_config(tmp_path / "models")
     reference, _ = _build(tmp_path / "without_ray", models)
-    ray_config = f"[ray]\nenabled = true\nlocal_gpus = 2\nsmall_model_workers = 2\n"
+    ray_config = "[ray]\nenabled = true\nlocal_gpus = 2\nsmall_model_workers = 2\n"
     try:
         data, _ = _build(tmp_path / "with_ray", models + ray_config)
     finally:
