@@ -14,7 +14,7 @@ class Cutout:
     """One concept photo's segmentation, cropped to its mask's bounding box."""
 
     concept: str
-    source_photo: str
+    source_photo: str  # relative to the concepts folder, as the catalogue names it
     rgba: np.ndarray  # hxwx4 uint8
     mask_fill: float  # mask pixels / bounding-box pixels: a filled rectangle means a failed cut-out
 

@@ -17,7 +17,7 @@ _CLASS_LINE = re.compile(r"^\s*([^,{}'\"]+?)\s*,\s*([^,{}'\"]+?)\s*$")
 
 @dataclass
 class PhotoRecord:
-    file: str  # absolute path of the user's photo
+    file: str  # the user's photo, relative to the concepts folder ("cat/IMG 1.jpg"; Root.relative)
     name: str  # file name as the user gave it
     stem: str  # file-name-safe stem used for outputs
     sha256: str
@@ -33,7 +33,7 @@ class ConceptRecord:
     key: str  # partition key: file-name safe
     name: str  # folder name as the user gave it
     class_name: str
-    folder: str
+    folder: str  # relative to the concepts folder: the folder's name
     token_index: int
     photos: list[PhotoRecord]
 
@@ -118,9 +118,9 @@ def discover_concepts(concepts_dir: Path, data_dir: Path, input_config, class_ma
             problems.append({"path": str(folder), "reason": "concept folder has no usable images; skipped"})
             continue
         class_name = class_map.get(folder.name) or class_map.get(key) or class_from_folder(folder.name)
-        concepts.append(ConceptRecord(key=key, name=folder.name, class_name=class_name, folder=str(folder),
+        concepts.append(ConceptRecord(key=key, name=folder.name, class_name=class_name, folder=folder.name,
                                       token_index=0, photos=photos))
-    _report_duplicate_photos(concepts, problems)
+    _report_duplicate_photos(concepts, concepts_dir, problems)
     assign_tokens(concepts, previous_tokens or {})
     return concepts, problems
 
@@ -148,16 +148,16 @@ def _one_folder_per_identity(candidates: list[tuple[str, Path]], catalogued: dic
     return sorted(chosen, key=lambda c: c[1].name)
 
 
-def _report_duplicate_photos(concepts: list[ConceptRecord], problems: list[dict]) -> None:
+def _report_duplicate_photos(concepts: list[ConceptRecord], concepts_dir: Path, problems: list[dict]) -> None:
     """The same photo twice (by content) is almost always a copying mistake; both are kept."""
     first: dict[str, str] = {}
     for concept in concepts:
         for photo in concept.photos:
             if photo.sha256 in first:
-                problems.append({"path": photo.file, "reason": (
+                problems.append({"path": str(concepts_dir / photo.file), "reason": (
                     f"the same photo (sha256 {photo.sha256[:12]}) as {first[photo.sha256]}; both are used")})
             else:
-                first[photo.sha256] = photo.file
+                first[photo.sha256] = str(concepts_dir / photo.file)
 
 
 def _load_photos(folder: Path, root: Root, input_config, problems: list[dict],
@@ -172,8 +172,9 @@ def _load_photos(folder: Path, root: Root, input_config, problems: list[dict],
             continue
         try:
             real = root.check(path)
+            name = root.relative(real)
             stat = real.stat()
-            known = previous.get(str(real))
+            known = previous.get(name)
             if known and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns) and known.stem not in stems:
                 photos.append(known)  # unchanged since the last catalogue: no need to decode it again
                 stems.add(known.stem)
@@ -185,8 +186,10 @@ def _load_photos(folder: Path, root: Root, input_config, problems: list[dict],
             continue
         stem = _unique_stem(path.stem, stems)
         height, width = loaded.rgb.shape[:2]
-        photos.append(PhotoRecord(file=str(real), name=path.name, stem=stem, sha256=sha256_file(real),
-                                  width=width, height=height, warnings=loaded.warnings, size=stat.st_size,
+        photos.append(PhotoRecord(file=name, name=path.name, stem=stem, sha256=sha256_file(real),
+                                  width=width, height=height, size=stat.st_size,
+                                  # Named as the catalogue names the photo: no absolute path is kept.
+                                  warnings=[w.replace(str(real), name) for w in loaded.warnings],
                                   mtime_ns=stat.st_mtime_ns))
     return photos
 
@@ -291,7 +294,7 @@ def build_registry(config, previous: dict) -> dict:
     paths = config.paths
     previous_tokens = {c["key"]: c["token_index"] for c in previous.get("concepts", [])}
     previous_tokens.update(previous.get("retired_concept_tokens", {}))
-    previous_photos = {p["file"]: PhotoRecord(**p) for c in previous.get("concepts", []) for p in c["photos"]}
+    previous_photos = _previous_photos(paths.concepts, previous)
     catalogued = {concept_identity(c["key"]): c["name"] for c in previous.get("concepts", [])}
     concepts, problems = discover_concepts(paths.concepts, paths.data, config.input, paths.class_map_file,
                                            previous_tokens, previous_photos, catalogued)
@@ -329,8 +332,37 @@ def build_registry(config, previous: dict) -> dict:
     }
 
 
+def _previous_photos(concepts_dir: Path, previous: dict) -> dict[str, PhotoRecord]:
+    """The last catalogue's photos by their name relative to the concepts folder.
+
+    A catalogue written before names were relative holds absolute paths: those inside the concepts
+    folder as it is now are renamed to relative names; others (a moved folder) are decoded again.
+    """
+    root = concepts_root(concepts_dir)
+    photos = {}
+    for concept in previous.get("concepts", []):
+        for payload in concept["photos"]:
+            photo = PhotoRecord(**payload)
+            try:
+                photo.file = root.relative(root.locate(photo.file))
+            except BadInput:
+                continue
+            photos[photo.file] = photo
+    return photos
+
+
 def concept_lookup(registry: dict) -> dict[str, ConceptRecord]:
     return {c["key"]: ConceptRecord.from_dict(c) for c in registry["concepts"]}
+
+
+def photo_path(concepts_dir: Path, photo: PhotoRecord | dict) -> Path:
+    """The real path of a catalogued photo in the concepts folder as configured now.
+
+    The catalogue is a file like any other: OutsideRoot (a BadInput) when its name climbs out
+    with ``..`` or, written by an earlier version as an absolute path, lies outside the folder.
+    """
+    stored = photo["file"] if isinstance(photo, dict) else photo.file
+    return concepts_root(concepts_dir).locate(stored)
 
 
 def folder_fingerprint(concepts_dir: Path, data_dir: Path, class_map_file: Path | None = None) -> str:

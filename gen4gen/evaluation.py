@@ -50,7 +50,7 @@ def concept_references(registry: dict, config: PipelineConfig, concepts: Iterabl
         if kind == "photos":
             for photo in record.photos:
                 try:
-                    loaded = load_photo(photos_root.check(photo.file), config.input.min_photo_side,
+                    loaded = load_photo(photos_root.locate(photo.file), config.input.min_photo_side,
                                         config.input.max_photo_megapixels, config.input.downscale_long_side)
                 except BadInput as exc:
                     if problems is not None:
@@ -211,7 +211,7 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
               "sets": {}, "not_computed": notes, "problems": problems,
               "display": {"html_thumb": config.evaluation.html_thumb,
                           "html_max_images": config.evaluation.html_max_images},
-              "cache": cache.summary()}
+              "cache": _cache_summary(cache, config)}
     if clip is None:
         result["seconds"] = round(time.perf_counter() - start, 3)
         return result
@@ -245,8 +245,18 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
         if log:
             log(f"evaluating {len(usable)} {name} images")
         result["sets"][name] = evaluate(usable, references, clip, detector, dino, params)
-    result["cache"] = cache.summary()
+    result["cache"] = _cache_summary(cache, config)
     if log:
         log(f"score cache: {result['cache']['hits']} hits, {result['cache']['misses']} misses")
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def _cache_summary(cache: ScoreCache, config: PipelineConfig) -> dict:
+    """The score cache's totals, its folder named relative to the data folder (which may move)."""
+    summary = cache.summary()
+    try:
+        summary["folder"] = data_root(config.paths.data).relative(summary["folder"])
+    except BadInput:
+        pass  # a build folder mounted from elsewhere: its real path is the only name it has
+    return summary

@@ -175,16 +175,19 @@ def sha256_files_cached(files: list[Path], cache_file: Path) -> dict[str, str]:
     """sha256 of many files, re-hashing only those whose size or mtime changed since last time.
 
     The same trade git's index and DVC make: a file rewritten with identical size and
-    modification time would go unnoticed; every write of this platform changes the mtime.
+    modification time would go unnoticed; every write of this platform changes the mtime. Files
+    are keyed by their real path relative to the cache file's folder (``../../mycanvas/x.png``),
+    so the cache stays valid when the data folder holding both is moved or mounted elsewhere.
     """
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         cache = {}
     result, fresh = {}, {}
+    home = cache_file.parent.resolve()
     for file in files:
         stat = file.stat()
-        key = str(file.resolve())
+        key = Path(os.path.relpath(file.resolve(), home)).as_posix()
         known = cache.get(key)
         digest = known[2] if known and known[:2] == [stat.st_size, stat.st_mtime_ns] else sha256_file(file)
         fresh[key] = [stat.st_size, stat.st_mtime_ns, digest]

@@ -4,6 +4,10 @@ A path that comes from outside the platform (a photo in a concept folder, a scen
 an image named in a prompts file, a file named in a manifest) is used only when its real path,
 every link followed, lies inside its root. Each root is resolved once, so the root folder itself
 may be a link (a shared dataset mounted elsewhere); nothing under it may lead out of it.
+
+The platform's own files (the catalogue, manifests, caches) name files relative to their root
+(:meth:`Root.relative`, read back with :meth:`Root.locate`), never by absolute path, so a data
+folder moved or mounted elsewhere keeps working once the configuration points at it.
 """
 from __future__ import annotations
 
@@ -50,6 +54,25 @@ class Root:
         candidate = where / relative
         self.check(candidate)
         return candidate
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """How a file inside the root is written into the platform's own files (catalogue, manifests,
+        caches): its real path relative to the root, with ``/`` separators, so the folder may be
+        moved or mounted elsewhere. :meth:`locate` reads it back. OutsideRoot when it leaves the root.
+        """
+        real = self.check(path)
+        return real.relative_to(Path(self.path).resolve()).as_posix()
+
+    def locate(self, stored: str, written_before: bool = True) -> Path:
+        """The real path of a name the platform wrote (see :meth:`relative`), under the root as it is now.
+
+        Names with ``..`` are refused, as by :meth:`join`. Versions before names were relative wrote
+        absolute paths: with ``written_before`` one is accepted while it lies inside the root as it is
+        now (outside it, OutsideRoot names where it leads); without, any absolute name is refused.
+        """
+        if written_before and isinstance(stored, str) and os.path.isabs(stored):
+            return self.check(stored)
+        return self.check(self.join(stored))
 
 
 DATA = "data folder"

@@ -1,9 +1,10 @@
 import shutil
 import time
+from pathlib import Path
 
 from dagster import AssetExecutionContext, DataVersion, Failure, MaterializeResult, MetadataValue, asset
 
-from gen4gen.concepts import build_registry, load_registry
+from gen4gen.concepts import build_registry, load_registry, photo_path
 from gen4gen.fingerprints import STAGES
 from gen4gen.io import BadInput, json_bytes, sha256_bytes, write_if_changed
 from gen4gen.lineage import ArtifactRecord
@@ -16,9 +17,17 @@ DATA_DIR_KEY = "gen4gen/data_dir"
 
 
 def bind_instance(instance, data_dir) -> None:
-    """An instance holds the partitions of one data folder; another folder needs its own instance."""
+    """An instance holds the partitions of one data folder; another folder needs its own instance.
+
+    An instance kept inside the data folder (``<data>/.dagster_home``) is that folder's wherever
+    it is moved or mounted: it follows the folder to its new path.
+    """
     bound = instance.run_storage.get_cursor_values({DATA_DIR_KEY}).get(DATA_DIR_KEY)
-    if bound and bound != str(data_dir):
+    travels = instance.root_directory and Path(instance.root_directory).resolve().is_relative_to(
+        Path(data_dir).resolve())
+    if bound and bound != str(data_dir) and travels:
+        instance.run_storage.set_cursor_values({DATA_DIR_KEY: str(data_dir)})
+    elif bound and bound != str(data_dir):
         raise Failure(f"this Dagster instance ({instance.root_directory}) holds the partitions of the data folder "
                       f"{bound}; {data_dir} needs an instance of its own (set DAGSTER_HOME; `gen4gen materialize "
                       "--data-dir` does so by default)", allow_retries=False)
@@ -26,7 +35,7 @@ def bind_instance(instance, data_dir) -> None:
         instance.run_storage.set_cursor_values({DATA_DIR_KEY: str(data_dir)})
 
 
-@asset(group_name="gen4gen", kinds={"python", "image"}, code_version="2")
+@asset(group_name="gen4gen", kinds={"python", "image"}, code_version="3")
 def concept_images(context: AssetExecutionContext, settings: PipelineSettings,
                    lineage: LineageResource, dvc: DvcResource) -> MaterializeResult:
     """The user's concept photos (one folder per concept) with class names and tokens.
@@ -45,7 +54,8 @@ def concept_images(context: AssetExecutionContext, settings: PipelineSettings,
         raise Failure(str(exc), allow_retries=False) from exc
     changed = write_if_changed(paths.registry, json_bytes(registry))
     journal = paths.build / "catalogue" / _journal_name()
-    photos = [ArtifactRecord(p["file"], p["sha256"], params={"concept": c["key"], "class_name": c["class_name"]})
+    photos = [ArtifactRecord(str(photo_path(paths.concepts, p)), p["sha256"],
+                             params={"concept": c["key"], "class_name": c["class_name"]})
               for c in registry["concepts"] for p in c["photos"]]
     lineage_metadata = {}
     if changed or not journal.is_file():  # an unchanged catalogue keeps its journal (and its mtime)

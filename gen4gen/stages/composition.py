@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 
 from ..config import PipelineConfig
-from ..io import (derive_seed, read_json, remove_stale_files, sha256_file)
+from ..io import (BadInput, derive_seed, read_json, remove_stale_files, sha256_file)
 from ..lineage import ArtifactRecord
+from ..roots import concepts_root
 from .common import (MANIFEST, PngWriter, StageResult, listing, read_manifest, write_json)
 
 
@@ -28,6 +29,7 @@ def compose_composition(composition: str, config: PipelineConfig, out_dir: Path 
     frame_fractions: dict[tuple[str, str], float] = {}
     cutout_parents: dict[tuple[str, str], tuple[str, str, str]] = {}
     writer = PngWriter(level)
+    photos = concepts_root(paths.concepts)
     entries = []
     for layout in document["images"]:
         parts = []
@@ -38,7 +40,7 @@ def compose_composition(composition: str, config: PipelineConfig, out_dir: Path 
                 manifest = read_json(folder / MANIFEST)
                 entry = next(e for e in manifest["photos"] if e["stem"] == key[1])
                 rgba = np.asarray(Image.open(folder / entry["cutout"]).convert("RGBA"))
-                cutouts[key] = crop_cutout(key[0], entry["source_photo"], rgba)
+                cutouts[key] = crop_cutout(key[0], _source_photo(photos, folder / MANIFEST, entry), rgba)
                 frame_fractions[key] = entry["mask_fraction"]
                 cutout_parents[key] = (str(folder / entry["cutout"]), entry["cutout_sha256"], "cutout")
             parts.append(cutouts[key])
@@ -81,3 +83,11 @@ def compose_composition(composition: str, config: PipelineConfig, out_dir: Path 
     sha = write_json(out_dir / MANIFEST, manifest)
     records.append(listing(out_dir / MANIFEST, sha, [(Path(r.path), r.sha256) for r in records]))
     return StageResult(manifest, written, [], [], time.perf_counter() - start, records)
+
+
+def _source_photo(photos, manifest: Path, entry: dict) -> str:
+    """A segmented manifest's source photo, relative to the concepts folder; absolute or ``..`` names refused."""
+    try:
+        return photos.relative(photos.locate(entry["source_photo"], written_before=False))
+    except BadInput as exc:
+        raise BadInput(manifest, f"source_photo {exc}; rebuild the segmented foregrounds") from None

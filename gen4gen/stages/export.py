@@ -11,6 +11,7 @@ from ..concepts import concept_lookup
 from ..config import PipelineConfig
 from ..io import (sha256_bytes, atomic_write_bytes, atomic_write_text, remove_stale_files, sha256_file)
 from ..lineage import ArtifactRecord, artifact_id, relative_path
+from ..roots import data_root
 from ..staging import crash_point, link_or_copy
 from .common import (LINEAGE_EXPORT_FILES, StageInputError, StageResult, listing, read_manifest, write_json)
 
@@ -64,8 +65,9 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     """Filter every built image and export the accepted ones in Hugging Face imagefolder layout.
 
     ``metadata.jsonl`` lists the accepted images; ``rejected.jsonl`` keeps every rejected
-    one with its reasons and scores. ``registry`` lists the compositions to export (those whose
-    whole chain is current); ``left_out`` names the others with the reason, for the stats.
+    one with its reasons and scores (``source_image`` relative to the data folder). ``registry``
+    lists the compositions to export (those whose whole chain is current); ``left_out`` names the
+    others with the reason, for the stats.
     Writing into a staging folder, images unchanged since ``previous_dir``'s export are
     hard-linked from it rather than copied again.
     """
@@ -77,7 +79,8 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     previous_dir = previous_dir or out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     lookup = concept_lookup(registry)
-    accepted, rejected, problems, written, records = [], [], [], [], []
+    data = data_root(paths.data)
+    accepted, rejected, problems, written, records, rejected_parents = [], [], [], [], [], []
     keep = {"metadata.jsonl", "rejected.jsonl", "stats.json", *LINEAGE_EXPORT_FILES}
     # What the last export wrote: unchanged images are recognised without re-hashing them.
     metadata_path = previous_dir / "metadata.jsonl"
@@ -120,8 +123,9 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
         outcome = screening.apply(image_id, record, outcome)  # screening hook
         digest = built.recoloured["image_sha256"]
         if not outcome.accepted:
-            rejected.append({**record, "source_image": str(source), "source_sha256": digest,
+            rejected.append({**record, "source_image": data.relative(source), "source_sha256": digest,
                              "reasons": outcome.reasons, "reason_codes": outcome.codes})
+            rejected_parents.append((str(source), digest, "rejected"))
             continue
         file_name = f"{key}_{index:03d}.png"
         target = out_dir / file_name
@@ -145,8 +149,7 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     metadata_sha = _write_jsonl(out_dir / "metadata.jsonl", accepted, written)
     rejected_sha = _write_jsonl(out_dir / "rejected.jsonl", rejected, written)
     records.append(listing(out_dir / "metadata.jsonl", metadata_sha, [(Path(r.path), r.sha256) for r in records]))
-    records.append(ArtifactRecord(str(out_dir / "rejected.jsonl"), rejected_sha,
-                                  [(r["source_image"], r["source_sha256"], "rejected") for r in rejected]))
+    records.append(ArtifactRecord(str(out_dir / "rejected.jsonl"), rejected_sha, rejected_parents))
     stats = {"accepted": len(accepted), "rejected": len(rejected), "problems": problems,
              "compositions": len(registry["compositions"]),
              "composition_keys": sorted(c["key"] for c in registry["compositions"]),

@@ -17,12 +17,12 @@ class ConceptSegmentationFailed(BadInput):
     """No photo of a concept could be segmented. Its manifest (no photos, every reason) is written
     before this is raised; ``result`` holds the stage result for logging."""
 
-    def __init__(self, concept: ConceptRecord, result: StageResult):
+    def __init__(self, concept: ConceptRecord, result: StageResult, folder: Path):
         self.concept = concept.key
         self.problems = result.problems
         self.result = result
         reasons = "; ".join(f"{Path(p['path']).name}: {p['reason']}" for p in result.problems) or "it has no photos"
-        super().__init__(concept.folder, f"no photo of concept {concept.key!r} could be segmented ({reasons})")
+        super().__init__(folder, f"no photo of concept {concept.key!r} could be segmented ({reasons})")
 
 
 def _segment(photo_file: Path, loaded, segmenter):
@@ -51,7 +51,8 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
     """An RGBA cut-out (cropped to the object) and a full-frame mask per photo of one concept.
 
     A photo that cannot be used is listed once, with its reason, in the manifest's problems. When
-    none can be used, the manifest is still written, then ConceptSegmentationFailed is raised.
+    none can be used, the manifest is still written, then ConceptSegmentationFailed is raised. The
+    manifest names each source photo relative to the concepts folder, as the catalogue does.
     """
     from ..segmentation import make_cutout, mask_bbox
 
@@ -64,10 +65,11 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
     for photo in concept.photos:
         loaded = None
         try:
-            # The catalogue is a file like any other: its paths are checked again before use.
-            loaded = load_photo(root.check(photo.file), config.input.min_photo_side,
+            # The catalogue is a file like any other: its names are checked again before use.
+            photo_file = root.locate(photo.file)
+            loaded = load_photo(photo_file, config.input.min_photo_side,
                                 config.input.max_photo_megapixels, config.input.downscale_long_side)
-            result = _segment(Path(photo.file), loaded, segmenter)
+            result = _segment(photo_file, loaded, segmenter)
         except BadInput as exc:
             notes.extend(loaded.warnings if loaded is not None else [])
             problems.append({"path": exc.path, "reason": exc.reason})
@@ -77,12 +79,12 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
         cutout = make_cutout(loaded.rgb, result.alpha)[y0:y1, x0:x1]
         cut = write_png(out_dir / f"{photo.stem}.png", cutout, level, written)
         mask = write_png(out_dir / f"{photo.stem}_mask.png", result.mask, level, written)
-        source = [(photo.file, photo.sha256, "source_photo")]
+        source = [(str(photo_file), photo.sha256, "source_photo")]
         records += [ArtifactRecord(str(out_dir / cut["file"]), cut["sha256"], source),
                     ArtifactRecord(str(out_dir / mask["file"]), mask["sha256"], source)]
         height, width = result.mask.shape
         entries.append({
-            "stem": photo.stem, "source_photo": photo.file, "source_sha256": photo.sha256,
+            "stem": photo.stem, "source_photo": root.relative(photo_file), "source_sha256": photo.sha256,
             "cutout": cut["file"], "cutout_sha256": cut["sha256"], "mask": mask["file"], "mask_sha256": mask["sha256"],
             "backend": result.backend, "rounds_run": result.rounds_run, "bbox": list(box),
             "aspect": round((x1 - x0) / (y1 - y0), 5),
@@ -95,5 +97,5 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
     records.append(listing(out_dir / MANIFEST, sha, [(Path(r.path), r.sha256) for r in records]))
     result = StageResult(manifest, written, problems, notes, time.perf_counter() - start, records)
     if not entries:
-        raise ConceptSegmentationFailed(concept, result)
+        raise ConceptSegmentationFailed(concept, result, config.paths.concepts / concept.name)
     return result
