@@ -32,6 +32,7 @@ from gen4gen.staging import crash_point, recover, staged_folder
 from gen4gen.stages import StageInputError, StageResult
 
 from .metadata import log_problems, stage_metadata
+from .pending import commit_pending_dvc, dvc_pending_path
 
 # Run tag that rebuilds current partitions too (`gen4gen materialize --all`).
 FORCE_TAG = "gen4gen/force"
@@ -82,11 +83,6 @@ def _lock_path(paths, stage: str, key: str | None) -> Path:
     return paths.build / ".state" / "locks" / stage / f"{key or '_'}.lock"
 
 
-def dvc_pending_path(paths, stage: str, key: str | None) -> Path:
-    """Marks a partition made current but not yet committed to DVC (a crash in between)."""
-    return paths.build / ".state" / "dvc_pending" / f"{stage}__{key or '_'}"
-
-
 def build_partition(context, stage, build, describe, backend_name, check, previews=None,
                     placement=None) -> MaterializeResult:
     resources = context.resources
@@ -109,6 +105,12 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
                           f"({paths.registry}); compositions are proposed from the concepts folder (or "
                           "`proposal.explicit`), not typed in", allow_retries=False)
         _require_inputs_current(paths, state, stage, key)
+        pending_metadata = {}
+        if config.single_writer and spec.partitioned_by is None:
+            # The one writer commits every partition made current since, before the export names
+            # their DVC versions (its own partition is committed below, once built).
+            committed = commit_pending_dvc(config, context.log.info, exclude=(stage,))
+            pending_metadata["dvc_partitions_committed"] = MetadataValue.md("\n".join(committed) or "none pending")
         reasons = partition_status(paths, stage, key, desired)
         if not reasons and not force:
             context.log.info(f"{stage}[{key}] is current; nothing to do")
@@ -141,11 +143,17 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
             if isinstance(exc, (StageInputError, ValueError)) and not isinstance(exc, Failure):
                 raise Failure(f"{stage}[{key}]: {exc}", allow_retries=False) from exc
             raise
-    dvc_metadata = resources.dvc.commit(context, result.lineage)
-    # Skipped (DVC off or absent) or committed: nothing pending. Failed: `materialize` commits it later.
-    if getattr(dvc_metadata.get("dvc"), "value", None) != "failed":
-        dvc_pending_path(paths, stage, key).unlink(missing_ok=True)
-    ingest_metadata = resources.lineage.ingest(context)
+    if config.single_writer and spec.partitioned_by is not None:
+        # One writer: the publish step commits this partition and ingests its journal.
+        dvc_metadata = {"dvc": MetadataValue.text("deferred to the publish step ([regeneration] single_writer)")}
+        ingest_metadata = {}
+    else:
+        dvc_metadata = dict(pending_metadata)
+        dvc_metadata.update(resources.dvc.commit(context, result.lineage))
+        # Skipped (DVC off or absent) or committed: nothing pending. Failed: `materialize` commits it later.
+        if getattr(dvc_metadata.get("dvc"), "value", None) != "failed":
+            dvc_pending_path(paths, stage, key).unlink(missing_ok=True)
+        ingest_metadata = resources.lineage.ingest(context)
     clear_failure(paths, stage, key)
     log_problems(context, result)
     return MaterializeResult(data_version=DataVersion(desired.digest), metadata=stage_metadata(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .factory import force_tags
 from .liveness import RunHeartbeat, clean_dead_runs, runs_in_progress
+from .pending import commit_pending_dvc
 
 # Warnings and errors on the console; the full event log is in the Dagster instance (UI).
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -145,38 +146,3 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, p
         log("dataset is up to date")
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def commit_pending_dvc(config, log) -> list[str]:
-    """Commit partitions a killed run made current but did not commit to DVC.
-
-    Their files are checked against the sha256 their ``fingerprint.json`` recorded, as a step's
-    own commit checks its records: a file edited since is never committed.
-    """
-    folder = config.paths.build / ".state" / "dvc_pending"
-    if not folder.is_dir():
-        return []
-    pending = sorted(folder.iterdir())
-    if not pending:
-        return []
-    from gen4gen.fingerprints import STAGES, read_fingerprint
-    from gen4gen.lineage import ArtifactRecord
-    from gen4gen.versioning import ASSET_STAGES, commit_stages
-
-    refs, records = [], []
-    for marker in pending:
-        stage, _, key = marker.name.partition("__")
-        key = None if key == "_" else key
-        refs.append((ASSET_STAGES[stage], key))
-        partition = STAGES[stage].folder(config.paths, key)
-        recorded = (read_fingerprint(partition) or {}).get("files") or {}
-        records += [ArtifactRecord(str(partition / name), entry[0]) for name, entry in recorded.items()]
-    outcome = commit_stages(config, refs, records=records)
-    if outcome.status in ("committed", "skipped"):
-        for marker in pending:
-            marker.unlink(missing_ok=True)
-    note = f"DVC: {outcome.status} {len(refs)} partition(s) left uncommitted by an interrupted run"
-    if outcome.status == "failed":
-        note += f" ({outcome.reason})"
-    log(note)
-    return [note]

@@ -187,7 +187,7 @@ def test_a_file_edited_before_its_pending_dvc_commit_is_never_versioned(uninterr
     edited_md5 = hashlib.md5(bytes(content)).hexdigest()
     code, output = _materialize(project)
     assert code == 0, output
-    assert "DVC: failed 1 partition(s) left uncommitted" in output and "not committed" in output, output
+    assert "DVC: failed 1 partition(s) waiting for their commit" in output and "not committed" in output, output
     cached = {p.parent.name + p.name for p in (project.root / ".dvc/cache/files/md5").rglob("*") if p.is_file()}
     assert edited_md5 not in cached
     _assert_recovered(project, uninterrupted[0])

@@ -53,6 +53,11 @@ class RegenerationConfig(Section):
     # The catalogue refuses to retire more than this share of its concepts at once (a folder that
     # was unmounted or emptied by mistake) unless the removals are confirmed.
     max_removed_share: Fraction = 0.25
+    # DVC commits and lineage ingestion only in the publish step (mycanvas), which commits every
+    # partition made current since and ingests every journal, in dependency order: the one writer
+    # a cluster needs (steps on other nodes then write only their partitions and journals).
+    # Empty: on when [ray] address names a cluster, off on one machine (each step commits its own).
+    single_writer: bool | None = None
 
 
 class RayConfig(Section):
@@ -77,3 +82,8 @@ class RayConfig(Section):
     # GPU, so they fit beside each other; one worker per GPU of each model unless set.
     small_model_gpus_per_worker: PositiveFloat = 0.25
     small_model_workers: Count | None = None
+
+    @property
+    def cluster(self) -> bool:
+        """Steps may run on several machines (a cluster address is set)."""
+        return self.enabled and bool(self.address)

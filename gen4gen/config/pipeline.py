@@ -49,6 +49,12 @@ class PipelineConfig(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
+    def single_writer(self) -> bool:
+        """Whether only the publish step commits to DVC and ingests lineage (``[regeneration] single_writer``)."""
+        configured = self.regeneration.single_writer
+        return self.ray.cluster if configured is None else configured
+
+    @property
     def paths(self) -> "ProjectPaths":
         return ProjectPaths(self)
 
