@@ -103,6 +103,8 @@ class ModelWorker:
         return {"worker": self.index, "node_id": self.node_id, "hostname": self.hostname, "pid": os.getpid(),
                 "gpu_ids": self.gpu_ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "backend": getattr(self.backend, "name", type(self.backend).__name__), "models": dict(self.loads),
+                "fallback_warning": getattr(self.backend, "fallback_warning", None),
+                "members": getattr(self.backend, "member_names", None),
                 "load_seconds": self.load_seconds, "batches_served": self.batches_served,
                 "requests_served": self.requests_served}
 
@@ -111,11 +113,15 @@ class ModelWorker:
 
     def call(self, method: str, payload: bytes) -> tuple[bytes, dict]:
         """Run one pickled batch through ``backend.<method>``; the result comes back pickled."""
-        if method.startswith("_"):
+        if method.removeprefix("each:").startswith("_"):
             raise ValueError(f"{method!r} is not a backend method a pool may call")
         start = time.time()
         batch = pickle.loads(payload)
-        result = getattr(self.backend, method)(batch)
+        if method.startswith("each:"):  # a batch of argument tuples, one call per item
+            function = getattr(self.backend, method[len("each:"):])
+            result = [function(*arguments) for arguments in batch]
+        else:
+            result = getattr(self.backend, method)(batch)
         # Pickled bytes are copied out of Ray's object store on arrival, so results do not pin it.
         out = pickle.dumps(result, protocol=5)
         end = time.time()

@@ -76,12 +76,42 @@ def pooled_model(config, section: str, project_root=None):
     return PooledDetector(pool, batch_size) if section == "detector" else PooledEmbedder(pool, batch_size)
 
 
+def pooled_segmenter(config, project_root=None) -> "PooledSegmenter":
+    """The configured PyTorch segmenter on the shared pool, a whole GPU per worker by default."""
+    from .config import PROJECT_ROOT
+
+    settings = config.ray
+    spec = BackendSpec("gen4gen.models.segmentation_torch:TorchSegmenter",
+                       (config.segmentation, project_root or PROJECT_ROOT), then="load")
+    pool = shared_pool(spec, settings, num_gpus=settings.repaint_gpus_per_worker, workers=settings.repaint_workers)
+    return PooledSegmenter(pool, 1)
+
+
+def composition_models_spec(config, project_root=None) -> BackendSpec:
+    """The big models of a composition's steps, together in one worker per GPU: the repainter and,
+    with ``caption.backend = "vlm"``, the captioning model (as one process holds both without Ray)."""
+    members = {"repaint": repainter_spec(config, project_root)}
+    if config.caption.backend == "vlm":
+        from .config import PROJECT_ROOT
+
+        members["caption"] = BackendSpec("gen4gen.models.vlm_caption:TransformersCaptioner",
+                                         (config.caption, project_root or PROJECT_ROOT), then="load")
+    return BackendSpec("gen4gen.pooled_backends:ModelBundle", (members,))
+
+
+def composition_pool(config, project_root=None) -> GpuWorkerPool:
+    settings = config.ray
+    return shared_pool(composition_models_spec(config, project_root), settings,
+                       num_gpus=settings.repaint_gpus_per_worker, workers=settings.repaint_workers)
+
+
+def pooled_captioner(config, project_root=None) -> "PooledCaptioner":
+    return PooledCaptioner(composition_pool(config, project_root), 1, role="caption")
+
+
 def pooled_repainter(config, project_root=None) -> "PooledRepainter":
     """The configured repainter on the shared pool (``[ray]``: GPUs per worker, workers)."""
-    settings = config.ray
-    pool = shared_pool(repainter_spec(config, project_root), settings, num_gpus=settings.repaint_gpus_per_worker,
-                       workers=settings.repaint_workers)
-    return PooledRepainter(pool, config.recolour.batch_size)
+    return PooledRepainter(composition_pool(config, project_root), config.recolour.batch_size)
 
 
 def repainter_spec(config, project_root=None) -> BackendSpec:
@@ -139,27 +169,31 @@ class StandInRepainter:
         pass
 
 
-class PooledRepainter:
-    """A :class:`~gen4gen.backends.Repainter` whose ``repaint`` spreads one call's requests
-    over the pool, ``batch_size`` per worker call; the pool's owner closes the pool."""
+class _Pooled:
+    """What the pooled model backends share: the pool, the batch size, the wrapped identity.
 
-    def __init__(self, pool: GpuWorkerPool, batch_size: int):
+    ``role`` names the member of a :class:`ModelBundle` this backend stands for.
+    """
+
+    def __init__(self, pool: GpuWorkerPool, batch_size: int, role: str | None = None):
         self.pool = pool
         self.batch_size = max(1, batch_size)
-        self.name = pool.workers[0]["backend"]
-        # A stage hands this many requests per call, so that every worker has a batch.
-        self.requests_per_call = self.batch_size * len(pool)
+        worker = pool.workers[0]
+        self.name = (worker.get("members") or {}).get(role) or worker["backend"]
+        # The workers' backend, not the pool: scores and fingerprints do not depend on where it ran.
+        identity = pool.identity()
+        self._identity = identity[role] if role and isinstance(identity, dict) and role in identity else identity
         self.calls: list[dict] = []  # the batches this backend's calls ran: worker, node, GPU, times
 
     def identity(self) -> dict:
-        return {**self.pool.identity(), "workers": len(self.pool)}
+        return self._identity
 
-    def repaint(self, requests: list) -> list:
-        chunks = [requests[i:i + self.batch_size] for i in range(0, len(requests), self.batch_size)]
+    def _map(self, method: str, items: list) -> list:
+        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
         seen = len(self.pool.calls)
-        outputs = self.pool.map("repaint", chunks)
+        outputs = self.pool.map(method, chunks)
         self.calls += self.pool.calls[seen:]  # other threads' calls may interleave: kept by design (rare)
-        return [result for output in outputs for result in output]
+        return outputs
 
     def placement(self) -> dict | None:
         """Where this backend's calls ran: each batch's node, GPU, size and times, and the load
@@ -176,25 +210,17 @@ class PooledRepainter:
         pass
 
 
-class _Pooled:
-    """What the pooled model backends share: the pool, the batch size, the wrapped identity."""
+class PooledRepainter(_Pooled):
+    """A :class:`~gen4gen.backends.Repainter` whose ``repaint`` spreads one call's requests
+    over the pool, ``batch_size`` per worker call; the pool's owner closes the pool."""
 
     def __init__(self, pool: GpuWorkerPool, batch_size: int):
-        self.pool = pool
-        self.batch_size = max(1, batch_size)
-        self.name = pool.workers[0]["backend"]
-        # The workers' backend, not the pool: scores and fingerprints do not depend on where it ran.
-        self._identity = pool.identity()
+        super().__init__(pool, batch_size, role="repaint")
+        # A stage hands this many requests per call, so that every worker has a batch.
+        self.requests_per_call = self.batch_size * len(pool)
 
-    def identity(self) -> dict:
-        return self._identity
-
-    def _map(self, method: str, items: list) -> list:
-        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
-        return self.pool.map(method, chunks)
-
-    def close(self) -> None:
-        pass
+    def repaint(self, requests: list) -> list:
+        return [result for output in self._map("repaint", list(requests)) for result in output]
 
 
 class PooledEmbedder(_Pooled):
@@ -236,3 +262,51 @@ class DetectorPairs:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class PooledSegmenter(_Pooled):
+    """A :class:`~gen4gen.backends.Segmenter` in the pool's workers; ``segment_many`` spreads photos over them."""
+
+    @property
+    def fallback_warning(self):
+        return self.pool.workers[0].get("fallback_warning")
+
+    def segment(self, rgb, alpha=None):
+        return self.segment_many([(rgb, alpha)])[0]
+
+    def segment_many(self, photos: list) -> list:
+        return [r for output in self._map("each:segment", [tuple(p) for p in photos]) for r in output]
+
+
+class PooledCaptioner(_Pooled):
+    """A :class:`~gen4gen.backends.Captioner` in the pool's workers; ``describe_many`` spreads images over them.
+
+    Images go by path: every node sees the data folder (a shared filesystem)."""
+
+    def describe(self, image, objects, background: str, canvas: int) -> str:
+        return self.describe_many([(image, objects, background, canvas)])[0]
+
+    def describe_many(self, items: list) -> list[str]:
+        return [r for output in self._map("each:describe", [tuple(i) for i in items]) for r in output]
+
+
+class ModelBundle:
+    """Several backends in one worker, built once each; a pool calls them by method name."""
+
+    def __init__(self, members: dict):
+        self.members = {role: spec.build() for role, spec in members.items()}
+        self.member_names = {role: getattr(m, "name", role) for role, m in self.members.items()}
+        self.name = "+".join(self.member_names.values())
+
+    def identity(self) -> dict:
+        return {role: member.identity() for role, member in self.members.items()}
+
+    def repaint(self, requests):
+        return self.members["repaint"].repaint(requests)
+
+    def describe(self, image, objects, background: str, canvas: int) -> str:
+        return self.members["caption"].describe(image, objects, background, canvas)
+
+    def close(self) -> None:
+        for member in self.members.values():
+            member.close()

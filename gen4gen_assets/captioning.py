@@ -3,7 +3,7 @@ from dagster import MetadataValue
 from gen4gen.stages import caption_composition
 
 from .concepts import concept_images
-from .factory import stage_asset
+from .factory import model_placement, stage_asset
 from .partitions import composition_partitions
 from .recolouring import recoloured_images
 
@@ -23,4 +23,5 @@ captions = stage_asset(
     describe=_describe, partitions_def=composition_partitions,
     backend_name=lambda run, result: result.manifest["captioner"],
     deps=[recoloured_images, concept_images], kinds={"python", "json"}, pool="gpu", resources=("captioner",),
+    placement=model_placement("captioner"),
     description="Image retelling: a detailed caption per image plus the three prompt strategies.")

@@ -79,6 +79,16 @@ def stage_asset(stage: str, *, build: Callable[[StageRun], StageResult], describ
     return _stage_asset
 
 
+def model_placement(resource: str) -> Callable[[StageRun], dict | None]:
+    """Where the stage's model ran, when it ran in Ray workers (a backend per run: this step's calls)."""
+
+    def placement(run: StageRun) -> dict | None:
+        backend = getattr(run.resources, resource).backend
+        return backend.placement() if hasattr(backend, "placement") else None
+
+    return placement
+
+
 def _lock_path(paths, stage: str, key: str | None) -> Path:
     return paths.build / ".state" / "locks" / stage / f"{key or '_'}.lock"
 
@@ -245,4 +255,5 @@ def force_tags(force: bool) -> dict:
     return {FORCE_TAG: "1"} if force else {}
 
 
-__all__ = ["FORCE_TAG", "StageRun", "build_partition", "dvc_pending_path", "force_tags", "stage_asset"]
+__all__ = ["FORCE_TAG", "StageRun", "build_partition", "dvc_pending_path", "force_tags", "model_placement",
+           "stage_asset"]

@@ -3,7 +3,7 @@ from dagster import MetadataValue
 from gen4gen.stages import recolour_composition
 
 from .composition import composed_images
-from .factory import stage_asset
+from .factory import model_placement, stage_asset
 from .partitions import composition_partitions
 
 
@@ -13,16 +13,10 @@ def _describe(run, result):
             "folder": MetadataValue.path(str(run.final_dir))}
 
 
-def _placement(run):
-    """Ray workers: where this partition's batches ran (a backend per run, so its calls are this step's)."""
-    backend = run.resources.repaint.backend
-    return backend.placement() if hasattr(backend, "placement") else None
-
-
 recoloured_images = stage_asset(
     "recoloured_images",
     build=lambda run: recolour_composition(run.key, run.config, run.resources.repaint.backend, out_dir=run.out_dir),
     describe=_describe, previews=lambda run, result: [e["image"] for e in result.manifest["images"]], partitions_def=composition_partitions,
     backend_name=lambda run, result: result.manifest["backend"],
-    deps=[composed_images], kinds={"python", "image"}, pool="gpu", resources=("repaint",), placement=_placement,
+    deps=[composed_images], kinds={"python", "image"}, pool="gpu", resources=("repaint",), placement=model_placement("repaint"),
     description="Background filled behind the objects, mask feathered, object colours harmonised.")

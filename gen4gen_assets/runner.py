@@ -83,6 +83,7 @@ def _write_placement(config, placements: list[dict], log) -> None:
 def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, placements) -> RunSummary:
     from gen4gen.concepts import load_registry
     from gen4gen.incremental import plan_updates
+    from gen4gen.pooled_backends import close_shared_pools
 
     summary = RunSummary()
     start = time.perf_counter()
@@ -126,6 +127,8 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, p
     for key in plan.concepts:
         if not run("segment_concepts", f"segmented_foregrounds[{key}]", key):
             failed_concepts.add(key)
+    # Segmentation's Ray workers (if any) hold GPUs the composition steps' models need next.
+    placements += close_shared_pools()
     held = {s.key for s in plan.held_back if s.stage == "segmented_foregrounds"} | failed_concepts
     compositions = [c for c in plan.compositions if not held.intersection(c.split("+"))]
     for key in sorted(set(plan.compositions) - set(compositions)):
@@ -137,8 +140,6 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, p
     plan = plan_updates(config, load_registry(config.paths.registry), honour_backoff=True, force=force)
     if plan.publish:
         # The repainting workers hold the GPUs; screening's small models need a share of them.
-        from gen4gen.pooled_backends import close_shared_pools
-
         placements += close_shared_pools()
         log("publishing the dataset")
         run("publish_dataset", "mycanvas + evaluation_report")

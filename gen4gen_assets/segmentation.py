@@ -4,7 +4,7 @@ from gen4gen.concepts import concept_lookup
 from gen4gen.stages import StageInputError, segment_concept
 
 from .concepts import concept_images
-from .factory import stage_asset
+from .factory import model_placement, stage_asset
 from .partitions import concept_partitions
 
 
@@ -30,4 +30,5 @@ segmented_foregrounds = stage_asset(
     backend_name=lambda run, result: run.resources.segmentation.backend.identity(),
     previews=lambda run, result: [e["cutout"] for e in result.manifest["photos"]],
     deps=[concept_images], kinds={"onnx", "image"}, pool="gpu", resources=("segmentation",),
+    placement=model_placement("segmentation"),
     description="An RGBA cut-out and a mask per photo of one concept (IS-Net, iterative rounds).")

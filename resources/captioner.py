@@ -15,6 +15,10 @@ class CaptionerResource(ModelResource):
 
     def build_backend(self):
         config = self.settings.config.caption
+        if config.backend == "vlm" and self.settings.config.ray.enabled:  # in the composition's Ray workers
+            from gen4gen.pooled_backends import pooled_captioner
+
+            return pooled_captioner(self.settings.config, PROJECT_ROOT)
         if config.backend == "vlm":
             from gen4gen.models.vlm_caption import TransformersCaptioner
 

@@ -18,6 +18,10 @@ class SegmentationResource(ModelResource):
 
     def build_backend(self):
         config = self.settings.config.segmentation
+        if self.settings.config.ray.enabled and config.backend != "isnet_onnx":  # GPU models: in Ray workers
+            from gen4gen.pooled_backends import pooled_segmenter
+
+            return pooled_segmenter(self.settings.config, PROJECT_ROOT)
         if config.backend == "isnet_onnx":
             from gen4gen.segmentation import IsNetOnnxSegmenter
 

@@ -51,7 +51,9 @@ def test_repainting_on_four_fake_gpus_loads_each_model_once_and_changes_no_byte(
     (pool,) = placement["pools"]
     workers = pool["workers"]
     assert len(workers) == FAKE_GPUS
-    assert [w["models"] for w in workers] == [{"gen4gen.recolour:SceneBankRepainter": 1}] * FAKE_GPUS
+    # One worker per GPU holds the composition steps' models (here the scene-bank repainter), loaded once.
+    assert [w["models"] for w in workers] == [{"gen4gen.pooled_backends:ModelBundle": 1}] * FAKE_GPUS
+    assert all(w["members"] == {"repaint": "scene_bank"} for w in workers)
     assert len({(w["node_id"], tuple(w["gpu_ids"])) for w in workers}) == FAKE_GPUS  # no GPU shared
     assert all(len(w["gpu_ids"]) == 1 and w["cuda_visible_devices"] == w["gpu_ids"][0] for w in workers)
     images = sum(len(list(p.glob("*.png"))) for p in (data / "build/recoloured").iterdir() if p.is_dir())
@@ -132,9 +134,75 @@ def test_screening_and_metrics_on_pooled_small_models_match_a_run_without_ray(tm
     assert summary["cp_clip"] == pytest.approx(reference_summary["cp_clip"], abs=1e-5)
     assert summary["dino"] == pytest.approx(reference_summary["dino"], abs=1e-5)
     pools = json.loads((data / "build/placement.json").read_text())["pools"]
-    small = {p["backend"]: p["workers"] for p in pools if "SceneBank" not in p["backend"]}
+    small = {p["backend"]: p["workers"] for p in pools if "ModelBundle" not in p["backend"]}
     assert set(small) == {"gen4gen.models.clip:load_clip", "gen4gen.pooled_backends:DetectorPairs",
                           "gen4gen.models.clip:load_dino"}
     for workers in small.values():
         assert len(workers) == 2 and all(sum(w["models"].values()) == 1 for w in workers)
         assert sum(w["batches_served"] for w in workers) > 0
+
+
+def test_the_papers_gpu_models_in_ray_workers_make_the_same_bytes(tmp_path):
+    """IS-Net (PyTorch), SDXL + refiner and the VLM, tiny random-weight models, in workers on two
+    fake GPUs: the segmentation pool, then one pool holding SDXL and the VLM together per worker."""
+    pytest.importorskip("diffusers")
+    from . import paper_models
+
+    models = tmp_path / "models"
+    paper = f"""
+[segmentation]
+backend = "isnet_torch"
+isnet_checkpoint = "{paper_models.isnet_checkpoint(models).as_posix()}"
+input_size = 64
+rounds = 2
+device = "cpu"
+[recolour]
+backend = "sdxl"
+sdxl_model = "{paper_models.sdxl_inpaint(models).as_posix()}"
+refiner_model = "{paper_models.sdxl_refiner(models).as_posix()}"
+variant = ""
+resolution = 64
+num_inference_steps = 2
+device = "cpu"
+dtype = "fp32"
+batch_size = 1
+[caption]
+backend = "vlm"
+vlm_model = "{paper_models.llava(models).as_posix()}"
+device = "cpu"
+dtype = "fp32"
+max_new_tokens = 4
+"""
+    import torch
+
+    # A Ray worker that holds no CPU runs torch on one thread; float sums in another order differ
+    # in the last bits, so the reference runs on one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference, _ = _build(tmp_path / "without_ray", paper)
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        data, instance = _build(tmp_path / "with_ray", paper + "[ray]\nenabled = true\nlocal_gpus = 2\n")
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert _export(data) == _export(reference) and _export(data)[0]
+    for stage in ("segmented", "recoloured", "captions"):
+        for folder in sorted((reference / "build" / stage).iterdir()):
+            if folder.is_dir():
+                for file in folder.glob("*.*"):
+                    if file.name not in ("fingerprint.json", "lineage.journal.jsonl"):
+                        assert (data / "build" / stage / folder.name / file.name).read_bytes() == file.read_bytes(), file
+    pools = {p["backend"]: p["workers"] for p in json.loads((data / "build/placement.json").read_text())["pools"]}
+    assert set(pools) == {"gen4gen.models.segmentation_torch:TorchSegmenter", "gen4gen.pooled_backends:ModelBundle"}
+    for workers in pools.values():
+        assert len(workers) == 2 and all(sum(w["models"].values()) == 1 for w in workers)  # loaded once per run
+    bundle = pools["gen4gen.pooled_backends:ModelBundle"]
+    assert all(w["members"] == {"repaint": "sdxl", "caption": "vlm"} for w in bundle)
+    assert sum(w["requests_served"] for w in bundle) > 0
+    for asset in ("segmented_foregrounds", "recoloured_images", "captions"):
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        assert event.asset_materialization.metadata["placement"].value["batches"], asset

@@ -34,11 +34,17 @@ def caption_composition(composition: str, registry: dict, config: PipelineConfig
                                                       "materialise layouts first")["images"]}
     out_dir = out_dir or paths.captions(composition)
     captions, records = [], []
-    for entry in composed["images"]:
-        objects = [CaptionObject(o["concept"], o["class_name"], tokens.get(o["concept"], "<unknown>"), tuple(o["box"]))
-                   for o in entry["objects"]]
-        image_path = paths.recoloured(composition) / by_index[entry["index"]]["image"]
-        detailed = captioner.describe(image_path, objects, entry["background_prompt"], canvas)
+    requests = [([CaptionObject(o["concept"], o["class_name"], tokens.get(o["concept"], "<unknown>"), tuple(o["box"]))
+                  for o in entry["objects"]], paths.recoloured(composition) / by_index[entry["index"]]["image"])
+                for entry in composed["images"]]
+    # A pooled captioner describes every image at once, spread over its workers.
+    described = captioner.describe_many([(image, objects, entry["background_prompt"], canvas) for entry, (objects, image)
+                                         in zip(composed["images"], requests)]) \
+        if hasattr(captioner, "describe_many") else None
+    for number, entry in enumerate(composed["images"]):
+        objects, image_path = requests[number]
+        detailed = described[number] if described is not None else \
+            captioner.describe(image_path, objects, entry["background_prompt"], canvas)
         caption = {
             "index": entry["index"],
             "image": by_index[entry["index"]]["image"],

@@ -25,8 +25,8 @@ class ConceptSegmentationFailed(BadInput):
         super().__init__(folder, f"no photo of concept {concept.key!r} could be segmented ({reasons})")
 
 
-def _segment(photo_file: Path, loaded, segmenter):
-    """The segmentation of one photo; BadInput when it holds no object.
+def _segment(photo_file: Path, loaded, segmenter, first=None):
+    """The segmentation of one photo (``first``: already computed); BadInput when it holds no object.
 
     A photo's own transparency is its mask, but a file whose transparency hides everything (a
     GIF whose transparent palette entry covers the picture, an RGBA export with an empty alpha)
@@ -34,7 +34,7 @@ def _segment(photo_file: Path, loaded, segmenter):
     """
     from ..segmentation import mask_bbox
 
-    result = segmenter.segment(loaded.rgb, loaded.alpha)
+    result = first if first is not None else segmenter.segment(loaded.rgb, loaded.alpha)
     if mask_bbox(result.mask) is not None:
         return result
     if loaded.alpha is None or result.backend != "existing_alpha":
@@ -62,14 +62,27 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
     root = concepts_root(config.paths.concepts)
     if segmenter.fallback_warning:
         notes.append(segmenter.fallback_warning)
-    for photo in concept.photos:
+
+    def prepare(photo):
+        # The catalogue is a file like any other: its names are checked again before use.
+        photo_file = root.locate(photo.file)
+        return photo_file, load_photo(photo_file, config.input.min_photo_side,
+                                      config.input.max_photo_megapixels, config.input.downscale_long_side)
+
+    # A pooled segmenter takes every photo at once, spread over its workers; others one at a time.
+    ready, firsts = {}, {}
+    if hasattr(segmenter, "segment_many"):
+        for number, photo in enumerate(concept.photos):
+            try:
+                ready[number] = prepare(photo)
+            except BadInput:
+                pass  # reported in the loop below
+        firsts = dict(zip(ready, segmenter.segment_many([(l.rgb, l.alpha) for _, l in ready.values()])))
+    for number, photo in enumerate(concept.photos):
         loaded = None
         try:
-            # The catalogue is a file like any other: its names are checked again before use.
-            photo_file = root.locate(photo.file)
-            loaded = load_photo(photo_file, config.input.min_photo_side,
-                                config.input.max_photo_megapixels, config.input.downscale_long_side)
-            result = _segment(photo_file, loaded, segmenter)
+            photo_file, loaded = ready.get(number) or prepare(photo)
+            result = _segment(photo_file, loaded, segmenter, firsts.get(number))
         except BadInput as exc:
             notes.extend(loaded.warnings if loaded is not None else [])
             problems.append({"path": exc.path, "reason": exc.reason})
