@@ -232,31 +232,40 @@ class GpuWorkerPool:
         """``backend.<method>(batch)`` for every batch, on free workers; results in input order.
 
         ``labels`` (one per batch, e.g. its partition) go into the per-batch records. A batch
-        that fails is raised once the batches already running have come back.
+        whose worker is lost (its process killed, its node gone) is done again by another worker
+        (each request carries its seed: the same bytes); the map fails only when every worker is
+        lost. A batch that fails otherwise is raised once the batches already running have come back.
         """
+        import collections
+
         import ray
 
         batches = [list(batch) for batch in batches]
         results: list = [None] * len(batches)
         pending: dict = {}
-        position, failure = 0, None
-        while position < len(batches) or pending:
-            while position < len(batches) and failure is None:
+        todo = collections.deque(range(len(batches)))
+        failure = None
+        while todo or pending:
+            while todo and failure is None:
                 worker = self._take_worker(wait=not pending)
                 if worker is None:
                     break
-                payload = pickle.dumps(batches[position], protocol=5)
+                index = todo.popleft()
+                payload = pickle.dumps(batches[index], protocol=5)
                 ref = self._actors[worker].call.remote(method, payload)
-                pending[ref] = (position, worker, time.time())
-                position += 1
+                pending[ref] = (index, worker, time.time())
             if not pending:
                 break
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             index, worker, submitted = pending.pop(ref)
             try:
                 payload, record = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self._give_back(worker, dead=True)
+                todo.append(index)
+                continue
             except Exception as exc:  # keep collecting, so every worker goes back to the free list
-                self._give_back(worker, dead=isinstance(exc, ray.exceptions.RayActorError))
+                self._give_back(worker, dead=False)
                 failure = failure or exc
                 continue
             self._give_back(worker, dead=False)
@@ -299,7 +308,7 @@ class GpuWorkerPool:
         workers = ray.get([actor.describe.remote() for actor in live]) if live else []
         with self._condition:
             calls = [dict(call) for call in self.calls]
-        return {"workers": workers, "calls": calls}
+        return {"workers": workers, "calls": calls, "lost_workers": sorted(self._dead)}
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Close every backend (frees its model; ``timeout_s`` at most) and kill the actors; safe to call twice."""

@@ -144,6 +144,31 @@ def test_a_failing_batch_is_raised_and_the_pool_keeps_working(ray_session):
     assert [info["seed"] for _, info in repainted] == [composite_request(i).seed for i in range(5)]
 
 
+def test_a_lost_worker_s_batches_are_done_again_by_another(ray_session):
+    """A worker killed mid-run (a crashed process, a lost node): its batch goes to another worker,
+    the results are the same bytes, and the map fails only when every worker is gone."""
+    import os
+    import signal
+    import threading
+
+    slow = BackendSpec("gen4gen.pooled_backends:StandInRepainter",
+                       kwargs={"seconds_per_image": 0.3, "load_seconds": 0.05})
+    batches = [[composite_request(i)] for i in range(6)]
+    with GpuWorkerPool(slow, workers=1) as alone:
+        expected = [info["png_sha256"] for output in alone.map("repaint", batches) for _, info in output]
+    with GpuWorkerPool(slow, workers=2) as pool:
+        victim = pool.placement()["workers"][0]["pid"]
+        threading.Timer(0.45, os.kill, (victim, signal.SIGKILL)).start()  # while its second batch runs
+        outputs = pool.map("repaint", batches)
+        placement = pool.placement()
+        assert placement["lost_workers"] == [0] and len(placement["workers"]) == 1
+        with pytest.raises(RuntimeError, match="every worker of the pool has died"):
+            os.kill(placement["workers"][0]["pid"], signal.SIGKILL)
+            time.sleep(0.5)
+            pool.map("repaint", batches[:2])
+    assert [info["png_sha256"] for output in outputs for _, info in output] == expected
+
+
 def test_close_leaves_no_actors_and_frees_the_gpus(ray_session):
     ray = ray_session
     pool = GpuWorkerPool(QUICK_STAND_IN)
