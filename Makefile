@@ -13,7 +13,7 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster lock clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster ray-demo lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -120,6 +120,11 @@ bench-memory: setup weights
 # Publishing after each of 10 concepts added to a 20-concept dataset (README: "Publishing costs what changed").
 bench-publish: setup weights
 	$(BIN)/python bench/bench_publish.py
+
+# The demo pipeline on a two-node Ray cluster with fake GPUs and the instance in Postgres, in a network
+# namespace of its own (loopback only; README: "Scaling out"); as a user, through a user namespace.
+ray-demo: setup-paper
+	unshare $$([ "$$(id -u)" = 0 ] || echo -r) -n sh -c 'ip link set lo up && exec $(BIN)/python -m tests.ray_demo'
 
 # Repainting over 1, 2 and 4 Ray workers on fake GPUs, a device-bound stand-in (README: "Scaling out").
 bench-cluster: setup-paper

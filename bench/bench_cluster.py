@@ -12,24 +12,19 @@ the pool's start-up and model loads, and without; model loads per worker; per-ba
 the speed-up of 4 workers over 1 (target >= 3x); whether every output is byte-identical to the
 in-process backend's (sha256 of the PNG bytes).
 
-`--two-nodes` starts a real two-node Ray cluster on this machine (`ray start`, 2 fake GPUs per
-node, nodes at 127.0.0.2 and 127.0.0.3 with a fresh token), runs the 4-worker case through it,
-shows the work each node did, and stops what it started. Ray refuses a multi-node cluster in
-its loopback-only mode, so there its GCS and raylets listen on all interfaces.
+`--two-nodes` starts a real two-node Ray cluster on this machine (`gen4gen.local_cluster`: 2 fake
+GPUs per node, nodes at 127.0.0.2 and 127.0.0.3 with a fresh token), runs the 4-worker case
+through it, shows the work each node did, and stops what it started. Ray refuses a multi-node
+cluster in its loopback-only mode and its servers then listen on every interface, so it runs only
+in a network namespace of its own (`unshare -n`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -159,91 +154,39 @@ def single_node(args, groups, reference) -> dict:
     return {"runs": {str(k): v for k, v in runs.items()}, **figures}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(command: list[str], log: Path, env: dict, timeout: float = 90.0) -> subprocess.Popen:
-    """`ray start --block ...` in its own process group; returns once the node says it is up."""
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if "Ray runtime started" in text:
-            return process
-        if process.poll() is not None:
-            raise RuntimeError(f"{' '.join(command[:3])} exited {process.returncode}:\n{text[-2000:]}")
-        time.sleep(0.3)
-    raise RuntimeError(f"{' '.join(command[:3])} not up within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
-
-
-def stop_node(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the node's process group (Ray drains, then stops its processes); SIGKILL after ``grace``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
 def two_nodes(args, groups, reference) -> dict:
-    # A fresh token for this cluster alone, set before Ray is imported: driver and nodes share it.
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
-               # Nothing runs on the nodes once the bench is done: stop at SIGTERM, no drain period.
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")})
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    work = Path(tempfile.mkdtemp(prefix="g4g-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
-    port = free_port()
-    head_ip, node_ip = "127.0.0.2", "127.0.0.3"
-    common = ["--block", "--num-gpus=2", "--num-cpus=1", "--object-store-memory=150000000", "--disable-usage-stats"]
-    processes = []
-    try:
-        began = time.perf_counter()
-        processes.append(start_node(
-            [ray_bin, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}", "--include-dashboard=false",
-             '--resources={"node_a": 1}', f"--temp-dir={work / 'a'}", "--min-worker-port=47000",
-             "--max-worker-port=47499", *common], work / "head.log", env))
-        processes.append(start_node(
-            [ray_bin, "start", f"--address={head_ip}:{port}", f"--node-ip-address={node_ip}",
-             '--resources={"node_b": 1}', f"--temp-dir={work / 'b'}", "--min-worker-port=47500",
-             "--max-worker-port=47999", "--dashboard-agent-listen-port=0", *common], work / "node.log", env))
+    from gen4gen.local_cluster import LocalCluster, isolated
+
+    if not isolated():  # Ray's servers of a multi-node cluster listen on every interface
+        raise SystemExit("--two-nodes runs only in a network namespace with loopback only: "
+                         "unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/bench_cluster.py --two-nodes'")
+
+    began = time.perf_counter()
+    with LocalCluster() as cluster:
+        os.environ.update(cluster.env)  # the driver joins with the cluster's token
         from gen4gen.gpu_pool import connect
 
-        resources = connect(f"{head_ip}:{port}", node_ip_address=head_ip)
-        import ray
+        try:
+            resources = connect(cluster.address, node_ip_address=cluster.head_ip)
+            import ray
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and ray.cluster_resources().get("GPU", 0) < 4:
-            time.sleep(0.3)
-        nodes = {n["NodeID"]: ("node_a" if "node_a" in n["Resources"] else "node_b") + f"@{n['NodeManagerAddress']}"
-                 for n in ray.nodes() if n["Alive"]}
-        print(f"two-node Ray: {sorted(nodes.values())}, {ray.cluster_resources().get('GPU', 0):.0f} fake GPUs, "
-              f"up in {time.perf_counter() - began:.1f} s (not counted below); resources at connect {resources}")
-        run = run_pool(groups, 4, args.factor, args.batch_size, nodes)
-        run["identical_to_in_process"] = run["digests"] == reference
-        print_run(run)
-        both = len(run["images_per_node"]) == 2 and all(v > 0 for v in run["images_per_node"].values())
-        print(f"both nodes did work: {both}; outputs identical to the in-process backend: "
-              f"{run['identical_to_in_process']}")
-        return {"two_nodes": run, "both_nodes_worked": both}
-    finally:
-        began = time.perf_counter()
-        if "ray" in sys.modules:
-            sys.modules["ray"].shutdown()
-        for process in reversed(processes):  # the worker node first, the head last
-            stop_node(process, grace=10.0)
-        print(f"stopped the {len(processes)} node(s) it started in {time.perf_counter() - began:.1f} s")
-        shutil.rmtree(work, ignore_errors=True)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and ray.cluster_resources().get("GPU", 0) < 4:
+                time.sleep(0.3)
+            nodes = {n["NodeID"]: ("node_a" if "node_a" in n["Resources"] else "node_b") + f"@{n['NodeManagerAddress']}"
+                     for n in ray.nodes() if n["Alive"]}
+            print(f"two-node Ray: {sorted(nodes.values())}, {ray.cluster_resources().get('GPU', 0):.0f} fake GPUs, "
+                  f"up in {time.perf_counter() - began:.1f} s (not counted below); resources at connect {resources}")
+            run = run_pool(groups, 4, args.factor, args.batch_size, nodes)
+            run["identical_to_in_process"] = run["digests"] == reference
+            print_run(run)
+            both = len(run["images_per_node"]) == 2 and all(v > 0 for v in run["images_per_node"].values())
+            print(f"both nodes did work: {both}; outputs identical to the in-process backend: "
+                  f"{run['identical_to_in_process']}")
+            return {"two_nodes": run, "both_nodes_worked": both}
+        finally:
+            if "ray" in sys.modules:
+                sys.modules["ray"].shutdown()
 
 
 def main() -> int:

@@ -35,7 +35,8 @@ def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int 
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
-            gpus = connect(ray_config.address or None, ray_config.local_gpus).get("GPU", 0.0)
+            gpus = connect(ray_config.address or None, ray_config.local_gpus,
+                           node_ip_address=ray_config.node_ip_address or None).get("GPU", 0.0)
             if gpus < num_gpus:  # the workers could never be placed: say so now, not after a timeout
                 raise RuntimeError(f"[ray] enabled, but the Ray cluster has {gpus:g} GPU(s) and a worker of "
                                    f"{spec.factory} needs {num_gpus:g}; set [ray] local_gpus, or switch [ray] off")

@@ -71,6 +71,8 @@ class RayConfig(Section):
     # A running cluster ("ray://head:10001" or "head:6379"); empty: a Ray on this machine only,
     # listening on loopback.
     address: str = ""
+    # This machine's address in the cluster, where it has several (or several nodes run on it).
+    node_ip_address: str = ""
     # GPUs the local Ray declares (empty: those Ray detects). Declared GPUs need not exist:
     # the tests use fake ones, which only get an id and a CUDA_VISIBLE_DEVICES each.
     local_gpus: NonNegativeCount | None = None
