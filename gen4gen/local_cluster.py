@@ -58,6 +58,14 @@ def stop_node(process: subprocess.Popen, grace: float) -> None:
     process.wait()
 
 
+def without_local_only(environ) -> dict:
+    """The environment without the setting that confines a Ray to one node (``gen4gen.gpu_pool.connect``
+    sets it for a local Ray): with it, the nodes and drivers of a multi-node cluster refuse to start."""
+    from .gpu_pool import LOCAL_ONLY_ENV
+
+    return {k: v for k, v in environ.items() if k != LOCAL_ONLY_ENV}
+
+
 def isolated() -> bool:
     """Whether this process runs in a network namespace with loopback only (``unshare -n``)."""
     names = [line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
@@ -79,7 +87,7 @@ class LocalCluster:
         self.address = ""
 
     def __enter__(self) -> "LocalCluster":
-        env = {**os.environ, **self.env}
+        env = {**without_local_only(os.environ), **self.env}
         ray_bin = str(Path(sys.executable).with_name("ray"))
         self.work = Path(tempfile.mkdtemp(prefix="g4g-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
         port = free_port()

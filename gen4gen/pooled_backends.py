@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import pickle
 import threading
 import time
@@ -22,6 +23,8 @@ from .gpu_pool import BackendSpec, GpuWorkerPool, connect
 SDXL_SECONDS_PER_IMAGE_H100 = 2.62
 
 _POOLS: dict[str, GpuWorkerPool] = {}
+# Set by `gen4gen materialize` (one process runs every step): a Ray of its own is safe there.
+LOCAL_RAY_ENV = "GEN4GEN_LOCAL_RAY"
 _POOLS_LOCK = threading.Lock()
 
 
@@ -35,6 +38,12 @@ def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int 
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
         if pool is None:
+            if not ray_config.address and not os.environ.get(LOCAL_RAY_ENV):
+                raise RuntimeError(
+                    "[ray] enabled without an address: outside `gen4gen materialize` (under `make ui`, every step "
+                    "runs in a process of its own) each step would start a Ray of its own, and they would share "
+                    "GPUs. Start one (`ray start --head --port=6379 --num-gpus=N`) and set [ray] address = "
+                    '"127.0.0.1:6379", or run `gen4gen materialize`')
             gpus = connect(ray_config.address or None, ray_config.local_gpus,
                            node_ip_address=ray_config.node_ip_address or None).get("GPU", 0.0)
             if gpus < num_gpus:  # the workers could never be placed: say so now, not after a timeout

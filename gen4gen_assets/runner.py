@@ -7,6 +7,7 @@ next call, up to ``[regeneration] max_attempts``.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -57,10 +58,16 @@ def materialize_all(defs, instance, log=print, incremental: bool = True, verify:
     """
     from gen4gen.pooled_backends import close_shared_pools
 
+    from gen4gen.pooled_backends import LOCAL_RAY_ENV
+
     placements: list[dict] = []
+    previous = os.environ.get(LOCAL_RAY_ENV)
+    os.environ[LOCAL_RAY_ENV] = "1"  # every step runs in this process: one local Ray serves them all
     try:
         return _materialize_all(defs, instance, log, incremental, verify, honour_backoff, placements)
     finally:
+        if previous is None:
+            os.environ.pop(LOCAL_RAY_ENV, None)
         placements += close_shared_pools()
         if placements:
             _write_placement(defs.resources["settings"].config, placements, log)

@@ -10,7 +10,8 @@ a scratch folder. The same dataset is first built without Ray, as the reference.
 pgserver, a unix socket) start, `gen4gen materialize --ray-address` runs against them, and the
 demo prints where every model worker ran and what it served. It checks, and exits 1 unless all hold:
 every GPU batch ran on exactly one declared GPU; no two workers had the same (node, GPU); both nodes
-did work; each worker loaded its models once; the exported images equal the reference's.
+did work; each worker loaded its models once; the exported images (and every cut-out, repainted
+image and caption) equal the reference's; every exported image's lineage verifies to its photos.
 
 Ray refuses a multi-node cluster in its loopback-only mode, so its servers listen on every
 interface of their network namespace: `make ray-demo` runs this under `unshare -n` (a namespace
@@ -65,7 +66,10 @@ def _materialize(config: Path, home: Path, extra_env: dict, *args: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").is_file():
         (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("GEN4GEN_CONFIG", "GEN4GEN_DATA_DIR", "GEN4GEN_PROFILE")}
+    from gen4gen.local_cluster import without_local_only
+
+    env = {k: v for k, v in without_local_only(os.environ).items()
+           if k not in ("GEN4GEN_CONFIG", "GEN4GEN_DATA_DIR", "GEN4GEN_PROFILE")}
     env.update({"DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", **extra_env})
     result = subprocess.run([*CLI, "--config", str(config), "materialize", *args], env=env, capture_output=True,
                             text=True, timeout=900)
@@ -82,6 +86,13 @@ def _stage_files(data: Path) -> dict[str, bytes]:
     return {p.relative_to(data).as_posix(): p.read_bytes() for stage in ("segmented", "recoloured", "captions")
             for p in sorted((data / "build" / stage).rglob("*.*"))
             if p.name not in ("fingerprint.json", "lineage.journal.jsonl")}
+
+
+def _verifies(config: Path, image: Path) -> bool:
+    """`gen4gen lineage IMAGE --verify`, and its ancestry reaches a concept photo."""
+    result = subprocess.run([*CLI, "--config", str(config), "lineage", str(image), "--verify", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    return result.returncode == 0 and '"source_photo"' in result.stdout
 
 
 def checks(placement: dict, node_names: dict[str, str]) -> dict[str, bool]:
@@ -149,6 +160,8 @@ def run(work: Path) -> int:
     results["the exported images equal the reference's"] = _export(data) == _export(reference) and bool(_export(data))
     results["every cut-out, repainted image and caption equals the reference's"] = \
         _stage_files(data) == _stage_files(reference)
+    results["every exported image's lineage, written on both nodes, verifies to its photos"] = all(
+        _verifies(config, image) for image in sorted((data / "mycanvas").glob("*.png")))
     for claim, holds in results.items():
         print(f"{'yes' if holds else 'NO ':<4} {claim}")
     return 0 if all(results.values()) else 1

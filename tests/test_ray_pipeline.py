@@ -140,3 +140,14 @@ def test_screening_and_metrics_on_pooled_small_models_match_a_run_without_ray(tm
     for workers in small.values():
         assert len(workers) == 2 and all(sum(w["models"].values()) == 1 for w in workers)
         assert sum(w["batches_served"] for w in workers) > 0
+
+
+def test_a_local_ray_outside_the_command_line_is_refused_with_what_to_do(monkeypatch):
+    """Under `make ui` every step is a process of its own: each would start a Ray and they would share GPUs."""
+    from gen4gen.config import PipelineConfig
+    from gen4gen.pooled_backends import LOCAL_RAY_ENV, pooled_repainter
+
+    monkeypatch.delenv(LOCAL_RAY_ENV, raising=False)
+    config = PipelineConfig.model_validate({"ray": {"enabled": True}})
+    with pytest.raises(RuntimeError, match=r"ray start --head .* \[ray\] address"):
+        pooled_repainter(config)
