@@ -255,5 +255,4 @@ def force_tags(force: bool) -> dict:
     return {FORCE_TAG: "1"} if force else {}
 
 
-__all__ = ["FORCE_TAG", "StageRun", "build_partition", "dvc_pending_path", "force_tags", "model_placement",
-           "stage_asset"]
+__all__ = ["FORCE_TAG", "StageRun", "build_partition", "force_tags", "model_placement", "stage_asset"]

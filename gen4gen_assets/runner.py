@@ -56,9 +56,7 @@ def materialize_all(defs, instance, log=print, incremental: bool = True, verify:
     (``[ray] enabled``) serve every run of this call and are stopped at its end; where they ran
     and what they served goes to ``build/placement.json``.
     """
-    from gen4gen.pooled_backends import close_shared_pools
-
-    from gen4gen.pooled_backends import LOCAL_RAY_ENV
+    from gen4gen.pooled_backends import LOCAL_RAY_ENV, close_shared_pools
 
     placements: list[dict] = []
     previous = os.environ.get(LOCAL_RAY_ENV)
