@@ -12,6 +12,7 @@ loopback only. Ray and torch are imported inside functions: importing this modul
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import ipaddress
 import os
@@ -22,6 +23,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+from .run_pools import RUN_NAMESPACE, RunLease
 
 # Without it Ray advertises and binds the machine's outside address even for a one-node instance.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -161,24 +164,41 @@ class GpuWorkerPool:
 
     def __init__(self, spec: BackendSpec, workers: int | None = None, *, num_gpus: float = 1.0,
                  num_cpus: float = 0.0, resources: Mapping[str, float] | None = None, spread: bool = False,
-                 start_timeout_s: float = 900.0):
+                 start_timeout_s: float = 900.0, lease: RunLease | None = None):
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError("no Ray connection: call gen4gen.gpu_pool.connect() first")
-        count = workers if workers is not None else workers_for(num_gpus)
-        if count < 1:
-            raise RuntimeError(f"no GPU free for a worker of {num_gpus} GPU: cluster has {ray.available_resources()}")
         self.spec = spec
         self._num_gpus = num_gpus
-        self.name = f"gen4gen-model-worker-{uuid.uuid4().hex[:8]}"
+        self.lease = lease
         self.calls: list[dict] = []
-        self._free = list(range(count))
         self._dead: set[int] = set()
         self._condition = threading.Condition()
         options = {"num_gpus": num_gpus, "num_cpus": num_cpus, "resources": dict(resources or {}) or None,
                    "scheduling_strategy": "SPREAD" if spread else "DEFAULT"}
         began = time.perf_counter()
+        if lease is None:
+            count = workers if workers is not None else workers_for(num_gpus)
+            self.name = f"gen4gen-model-worker-{uuid.uuid4().hex[:8]}"
+        else:  # the run's workers: the first step makes them, the others find them by name
+            # One pool per backend in a run, whose steps share one configuration. (Pickles of the
+            # spec differ between processes: sets pickle in each process's hash order.)
+            self.key = hashlib.sha256(repr((spec.factory, spec.then, num_gpus, sorted((resources or {}).items())))
+                                      .encode()).hexdigest()[:16]
+            self.name = f"{lease.prefix}-{self.key}"
+            lease_actor = lease.actor()
+            count = ray.get(lease_actor.size.remote(self.key, None))
+            if count is None:
+                count = ray.get(lease_actor.size.remote(
+                    self.key, workers if workers is not None else workers_for(num_gpus))) or 0
+            options.update(namespace=RUN_NAMESPACE, lifetime="detached", get_if_exists=True)
+        if count < 1:
+            raise RuntimeError(f"no GPU free for a worker of {num_gpus} GPU: cluster has {ray.available_resources()}")
+        # Steps of one run share its workers and each sends its batches to the free ones it knows
+        # of: start each step at its own worker, so concurrent steps spread out.
+        first = (os.getpid() % count) if lease is not None else 0
+        self._free = [(first + i) % count for i in range(count)]
         remote = _remote_worker_class()
         self._actors = [remote.options(name=f"{self.name}-{i}", **options).remote(spec, i) for i in range(count)]
         try:
@@ -191,6 +211,8 @@ class GpuWorkerPool:
             self.close(timeout_s=0)  # the processes die with their models
             raise
         self.start_seconds = time.perf_counter() - began
+        if lease is not None:
+            ray.get(lease_actor.register.remote(self.key, spec.factory, self.actor_names, self.start_seconds))
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -252,8 +274,9 @@ class GpuWorkerPool:
                     break
                 index = todo.popleft()
                 payload = pickle.dumps(batches[index], protocol=5)
+                submitted = time.time()  # before the call: the worker may start before .remote() returns
                 ref = self._actors[worker].call.remote(method, payload)
-                pending[ref] = (index, worker, time.time())
+                pending[ref] = (index, worker, submitted)
             if not pending:
                 break
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -316,6 +339,10 @@ class GpuWorkerPool:
 
         actors, self._actors = self._actors, []
         if not actors:
+            return
+        if self.lease is not None:  # the run's workers outlive this step: its lease ends them
+            with self._condition:
+                self.lease.record(self.key, [dict(call) for call in self.calls])
             return
         # GPUs this pool holds: its started workers still alive (none when start-up failed).
         held = (len(getattr(self, "workers", [])) - len(self._dead)) * self._num_gpus

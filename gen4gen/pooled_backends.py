@@ -1,11 +1,15 @@
-"""Model backends served by a :class:`~gen4gen.gpu_pool.GpuWorkerPool`, and the pool a run shares.
+"""Model backends served by a :class:`~gen4gen.gpu_pool.GpuWorkerPool`, and the pools a run shares.
 
 With ``[ray] enabled``, a resource's backend is a pooled one: its calls are spread over the
-pool's workers, one per GPU. The pool is shared by every run of the process
-(:func:`shared_pool`): `gen4gen materialize` runs one Dagster run per partition in its own
-process, so each worker loads its model once per invocation. :func:`close_shared_pools` ends them
-and returns where everything ran; a process that exits without calling it closes them at exit,
-and Ray removes the actors of a driver that dies (they are not detached).
+pool's workers, one per GPU, each loading its model once per run. Who owns the pools:
+
+- `gen4gen materialize` runs one Dagster run per partition, all in its own process: its pools
+  (:func:`shared_pool`) serve every run of the call. :func:`close_shared_pools` ends them and
+  returns where everything ran; Ray removes the actors of a driver that dies (not detached).
+- Under `make ui` (and the sensor's runs) every step is a process of its own. The steps of one
+  run, or of one backfill, share that run's workers through a lease
+  (:class:`~gen4gen.gpu_pool.RunLease`): named actors that outlive a step and end once no step of
+  the run has held them for ``[ray] pool_linger_s``, also when the run was killed.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from typing import Any
 
 from .gpu_pool import BackendSpec, GpuWorkerPool, connect
+from .run_pools import step_summary
 
 # The paper profile's measured SDXL inpainting + refiner time per image on one H100.
 SDXL_SECONDS_PER_IMAGE_H100 = 2.62
@@ -26,6 +31,33 @@ _POOLS: dict[str, GpuWorkerPool] = {}
 # Set by `gen4gen materialize` (one process runs every step): a Ray of its own is safe there.
 LOCAL_RAY_ENV = "GEN4GEN_LOCAL_RAY"
 _POOLS_LOCK = threading.Lock()
+# The run (or backfill) whose lease this step process's pools take; set by the model resources.
+_RUN: dict[str, Any] = {"run": None, "lease": None, "placement_path": None, "step": None}
+
+
+def set_run(run: str | None, placement_path=None) -> None:
+    """The run whose workers this step process's pools use (its backfill id for a backfill's runs)."""
+    _RUN.update(run=run, placement_path=str(placement_path) if placement_path else None)
+
+
+def set_step(label: str | None) -> None:
+    """``asset[partition]`` of the step now running: it labels the batches its backends send."""
+    _RUN["step"] = label
+
+
+def leave_run() -> None:
+    """In a step process of a UI launch or a sensor's run: close its pools, which hands the run's
+    workers back to the run's lease (they stay for the run's next steps). Nothing otherwise."""
+    if _RUN["lease"] is not None and not os.environ.get(LOCAL_RAY_ENV):
+        close_shared_pools()
+
+
+def _run_lease(ray_config):
+    from .run_pools import RunLease
+
+    if _RUN["lease"] is None or _RUN["lease"].run != _RUN["run"]:
+        _RUN["lease"] = RunLease(_RUN["run"], _RUN["placement_path"], linger_s=ray_config.pool_linger_s)
+    return _RUN["lease"]
 
 
 def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int | None) -> GpuWorkerPool:
@@ -51,7 +83,10 @@ def shared_pool(spec: BackendSpec, ray_config, *, num_gpus: float, workers: int 
                                    f"{spec.factory} needs {num_gpus:g}; set [ray] local_gpus, or switch [ray] off")
             if workers is None and num_gpus < 1:
                 workers = max(1, int(gpus))
-            pool = _POOLS[key] = GpuWorkerPool(spec, workers, num_gpus=num_gpus)
+            # Not in `gen4gen materialize`: a step process of a UI launch or a sensor's run.
+            leased = not os.environ.get(LOCAL_RAY_ENV) and _RUN["run"] is not None
+            pool = _POOLS[key] = GpuWorkerPool(spec, workers, num_gpus=num_gpus,
+                                               lease=_run_lease(ray_config) if leased else None)
         return pool
 
 
@@ -63,10 +98,15 @@ def close_shared_pools() -> list[dict]:
     placements = []
     for pool in pools:
         try:
-            placements.append({"backend": pool.spec.factory, "start_seconds": round(pool.start_seconds, 3),
-                               **pool.placement()})
+            if pool.lease is None:  # a leased pool's placement is its run's, written by the lease
+                placement = pool.placement()
+                placements.append({"backend": pool.spec.factory, "start_seconds": round(pool.start_seconds, 3),
+                                   **placement, "steps": step_summary(placement["calls"])})
         finally:
             pool.close()
+    lease, _RUN["lease"] = _RUN["lease"], None
+    if lease is not None:
+        lease.leave()
     return placements
 
 
@@ -201,7 +241,7 @@ class _Pooled:
     def _map(self, method: str, items: list) -> list:
         chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)] or [[]]
         seen = len(self.pool.calls)
-        outputs = self.pool.map(method, chunks)
+        outputs = self.pool.map(method, chunks, labels=[_RUN["step"]] * len(chunks))
         self.calls += self.pool.calls[seen:]  # other threads' calls may interleave: kept by design (rare)
         return outputs
 

@@ -27,7 +27,8 @@ from gen4gen.fingerprints import FINGERPRINT_FILE, STAGES, code_version, desired
 from gen4gen.incremental import (clear_failure, damaged_files, left_out_compositions, partition_status,
                                  record_failure)
 from gen4gen.io import atomic_write_text, sha256_file
-from gen4gen.locking import file_lock
+from gen4gen.locking import file_lock, run_lock
+from gen4gen.pooled_backends import set_step
 from gen4gen.staging import crash_point, recover, staged_folder
 from gen4gen.stages import StageInputError, StageResult
 
@@ -93,6 +94,20 @@ def _lock_path(paths, stage: str, key: str | None) -> Path:
     return paths.build / ".state" / "locks" / stage / f"{key or '_'}.lock"
 
 
+def _partition_lock(context, config, path: Path):
+    """One writer per partition: ``flock`` on one machine; with one writer for a cluster (steps on
+    several machines), a lock owned by the run, which the shared instance says is alive or not."""
+    if not config.single_writer:
+        return file_lock(path, timeout_s=None)
+    instance = context.instance
+
+    def running(run_id: str) -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and not run.is_finished
+
+    return run_lock(path.with_suffix(".run-lock"), context.run.run_id, running)
+
+
 def build_partition(context, stage, build, describe, backend_name, check, previews=None,
                     placement=None) -> MaterializeResult:
     resources = context.resources
@@ -103,7 +118,7 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
     final = spec.folder(paths, key)
     registry = load_registry(paths.registry)
     force = context.run.tags.get(FORCE_TAG) == "1"
-    with file_lock(_lock_path(paths, stage, key), timeout_s=None):
+    with _partition_lock(context, config, _lock_path(paths, stage, key)):
         for note in recover(final):
             context.log.warning(note)
         left_out = left_out_compositions(config, registry) if spec.partitioned_by is None else None
@@ -130,6 +145,7 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
         crash_point(f"build:{stage}")
         _quarantine_damaged(config, final, context)
         run = StageRun(context, config, registry, key, final, final, left_out)
+        set_step(f"{stage}[{key}]" if key else stage)  # labels the batches its models serve (placement)
         try:
             with staged_folder(final) as staging:
                 run.out_dir = staging

@@ -38,12 +38,23 @@ class ModelResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._backend = None
+        config = self.settings.config
+        if config.ray.enabled and context.dagster_run is not None:
+            from gen4gen.pooled_backends import set_run
+
+            # A backfill's runs share one set of Ray workers; any other run has its own. Placement
+            # goes to build/: reports/ is the evaluation report's own output, replaced as a whole.
+            run = context.dagster_run
+            set_run(run.tags.get("dagster/backfill") or run.run_id, config.paths.build / "placement.json")
         backend = self.backend
         if backend is not None and context.log:
             context.log.info(f"{type(self).__name__}: {backend.identity()}")
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         self.close()
+        from gen4gen.pooled_backends import leave_run
+
+        leave_run()  # a step process of a UI launch: hand its run's workers back now, not at exit
 
     def close(self) -> None:
         """Close the backend and drop it; the next use of ``backend`` builds a new one."""

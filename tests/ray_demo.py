@@ -100,14 +100,13 @@ def checks(placement: dict, node_names: dict[str, str]) -> dict[str, bool]:
     pools = placement["pools"]
     workers = [w for pool in pools for w in pool["workers"]]
     calls = [c for pool in pools for c in pool["calls"]]
-    whole_gpu = [w for pool in pools for w in pool["workers"]]
     return {
         "every GPU batch ran on exactly one declared GPU": bool(calls) and all(len(c["gpu_ids"]) == 1 for c in calls),
         "no two workers of a pool had the same (node, GPU)": all(
             len({(w["node_id"], tuple(w["gpu_ids"])) for w in pool["workers"]}) == len(pool["workers"])
             for pool in pools),
         "both nodes did work": len({node_names.get(c["node_id"], c["node_id"]) for c in calls}) == 2,
-        "each worker loaded its models once": bool(whole_gpu) and all(
+        "each worker loaded its models once": bool(workers) and all(
             sum(w["models"].values()) == 1 for w in workers),
     }
 
@@ -120,6 +119,40 @@ def print_placement(placement: dict, node_names: dict[str, str]) -> None:
             print(f"{pool['backend']:<44} {w['worker']:>6} {node_names.get(w['node_id'], w['node_id'][:8]):<18} "
                   f"{','.join(w['gpu_ids']):>3} {sum(w['models'].values()):>13} {w['batches_served']:>7} "
                   f"{w['requests_served']:>8} {w['load_seconds']:>6.1f}")
+
+
+def _launch_as_the_ui_does(config: Path, home: Path, extra_env: dict, partition: str) -> dict:
+    """One run of the compositions job for ``partition``, forced, with Dagster's multiprocess
+    executor (every step a process of its own, as a UI launch runs it); returns its placement."""
+    from gen4gen.local_cluster import without_local_only
+
+    env = {k: v for k, v in without_local_only(os.environ).items() if k not in ("GEN4GEN_DATA_DIR", "GEN4GEN_PROFILE")}
+    env.update({"DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "GEN4GEN_CONFIG": str(config), **extra_env})
+    tags = json.dumps({"dagster/partition": partition, "gen4gen/force": "1"})
+    result = subprocess.run([str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m",
+                             "gen4gen_assets.definitions", "-j", "build_compositions", "--tags", tags],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    if result.returncode != 0:
+        raise SystemExit(f"the UI-style run failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    path = config.parent / "data" / "build" / "placement.json"
+    deadline = time.monotonic() + 120  # the run's lease writes it once the last step has left
+    while time.monotonic() < deadline:
+        placement = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        steps = {s["asset"] for pool in placement.get("pools", []) for s in pool.get("steps", [])}
+        if placement.get("run") and {"recoloured_images", "captions"} <= steps:
+            return placement
+        time.sleep(0.5)
+    raise SystemExit(f"no placement of the UI-style run in {path}")
+
+
+def ui_checks(placement: dict) -> dict[str, bool]:
+    """A UI launch: its steps ran in processes of their own, yet shared the run's workers."""
+    (pool,) = [p for p in placement["pools"] if "ModelBundle" in p["backend"]]
+    steps = {s["asset"] for s in pool["steps"]}
+    return {"a UI launch's steps (each a process) shared its workers, each loading its models once":
+            {"recoloured_images", "captions"} <= steps and bool(pool["workers"])
+            and all(sum(w["models"].values()) == 1 for w in pool["workers"])
+            and len({w["pid"] for w in pool["workers"]}) == len(pool["workers"])}
 
 
 def run(work: Path) -> int:
@@ -145,18 +178,29 @@ def run(work: Path) -> int:
         home.mkdir(parents=True)
         (home / "dagster.yaml").write_text(dagster_yaml(work / "pgdata"), encoding="utf-8")
         with LocalCluster(gpus_per_node=2) as cluster:
-            data, config = create_small_project(work / "cluster", tiny + f'[ray]\nnode_ip_address = "{cluster.head_ip}"\n')
+            data, config = create_small_project(
+                work / "cluster", tiny + f'[ray]\nnode_ip_address = "{cluster.head_ip}"\npool_linger_s = 30\n')
             began = time.perf_counter()
             _materialize(config, home, cluster.env, "--ray-address", cluster.address)
             print(f"on the two-node cluster ({cluster.address}, Dagster instance in Postgres): "
                   f"{len(_export(data))} images in {time.perf_counter() - began:.0f} s")
+            placement = json.loads((data / "build" / "placement.json").read_text(encoding="utf-8"))
+            partition = sorted(p.name for p in (data / "build" / "recoloured").iterdir() if p.is_dir())[0]
+            began = time.perf_counter()
+            ui_placement = _launch_as_the_ui_does(config, home, {**cluster.env, "GEN4GEN_RAY_ADDRESS": cluster.address},
+                                                  partition)
+            print(f"a UI-style launch of compositions[{partition}] (multiprocess executor) in "
+                  f"{time.perf_counter() - began:.0f} s; its steps:")
+            for step in ui_placement["pools"][0]["steps"]:
+                print(f"  {step['asset']}[{step['partition']}] on {', '.join(n.split(':')[1][:8] for n in step['nodes'])} "
+                      f"GPU {','.join(step['gpu_ids'])}: {step['batches']} batches")
     finally:
         server.cleanup()
-    placement = json.loads((data / "build" / "placement.json").read_text(encoding="utf-8"))
     nodes = sorted({w["node_id"] for pool in placement["pools"] for w in pool["workers"]})
     node_names = {node: f"node {chr(ord('a') + i)} ({node[:8]})" for i, node in enumerate(nodes)}
     print_placement(placement, node_names)
     results = checks(placement, node_names)
+    results.update(ui_checks(ui_placement))
     results["the exported images equal the reference's"] = _export(data) == _export(reference) and bool(_export(data))
     results["every cut-out, repainted image and caption equals the reference's"] = \
         _stage_files(data) == _stage_files(reference)

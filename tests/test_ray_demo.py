@@ -15,7 +15,8 @@ from .conftest import PROJECT_ROOT
 CLAIMS = ["every GPU batch ran on exactly one declared GPU", "no two workers of a pool had the same (node, GPU)",
           "both nodes did work", "each worker loaded its models once", "the exported images equal the reference's",
           "every cut-out, repainted image and caption equals the reference's",
-          "every exported image's lineage, written on both nodes, verifies to its photos"]
+          "every exported image's lineage, written on both nodes, verifies to its photos",
+          "a UI launch's steps (each a process) shared its workers, each loading its models once"]
 
 
 def _why_not() -> str | None:

@@ -84,6 +84,9 @@ class RayConfig(Section):
     # GPU, so they fit beside each other; one worker per GPU of each model unless set.
     small_model_gpus_per_worker: PositiveFloat = 0.25
     small_model_workers: Count | None = None
+    # Under `make ui` the steps of one run (or one backfill) share its workers, which end once no
+    # step of it has used them for this long (seconds): long enough to bridge two steps.
+    pool_linger_s: PositiveFloat = 60.0
 
     @property
     def cluster(self) -> bool:
