@@ -13,7 +13,7 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster ray-demo lock clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster bench-personalise ray-demo lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -129,6 +129,10 @@ ray-demo: setup-paper
 # Repainting over 1, 2 and 4 Ray workers on fake GPUs, a device-bound stand-in (README: "Scaling out").
 bench-cluster: setup-paper
 	$(BIN)/python bench/bench_cluster.py
+
+# `gen4gen personalise --tiny` on the demo dataset (after `make demo`): wall time, training figures, the comparison.
+bench-personalise: setup-paper
+	$(BIN)/python bench/bench_personalise.py
 
 bench-dvc: setup dvc-env
 	$(BIN)/python bench/bench_dvc.py

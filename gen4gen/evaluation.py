@@ -98,21 +98,26 @@ def generated_prompts_file(config: PipelineConfig) -> Path | None:
     return None
 
 
-def generated_items(config: PipelineConfig, registry: dict, problems: list[dict]) -> list[EvalItem]:
+def generated_items(config: PipelineConfig, registry: dict, problems: list[dict], folder: Path | None = None,
+                    prompts_path: Path | None = None, prefix: str = "generated") -> list[EvalItem]:
     """Images named by the prompts JSONL (see ``EvaluationConfig``), with class-name prompts.
+
+    ``folder`` and ``prompts_path``: a trained model's samples (``generated_images``) instead of
+    the configured ``generated_dir``; ``prefix`` starts their image ids.
 
     A line names its image(s) (``image`` or ``images``, relative to ``generated_dir``: absolute
     names, ``..`` and links leading out of that folder are refused with the line named), its
     ``prompt`` (concept tokens such as ``<new1>`` allowed), its ``concepts`` (catalogue keys or
     folder names) and optionally its ``kind`` (train / held_out) and ``tokens`` ({token: class}).
     """
-    folder = resolve_path(config.evaluation.generated_dir)
+    ours = folder is not None  # the platform's own samples: written by generated_images, inside the data folder
+    folder = folder if ours else resolve_path(config.evaluation.generated_dir)
     root = generated_root(folder)
-    prompts_path = generated_prompts_file(config)
+    prompts_path = prompts_path or generated_prompts_file(config)
     if not prompts_path.is_file():
         problems.append({"path": str(prompts_path), "reason": "prompts file of the generated images does not exist"})
         return []
-    if not config.evaluation.prompts_file:  # one the configuration names explicitly is the user's choice
+    if not config.evaluation.prompts_file and not ours:  # one the configuration names is the user's choice
         try:
             root.check(prompts_path)
         except BadInput as exc:
@@ -163,7 +168,7 @@ def generated_items(config: PipelineConfig, registry: dict, problems: list[dict]
             if not path.is_file():
                 problems.append({"path": str(path), "reason": f"generated image named at {where} does not exist"})
                 continue
-            items.append(EvalItem(image_id=f"generated/{name}", concepts=concepts, prompt=class_prompt(prompt, tokens),
+            items.append(EvalItem(image_id=f"{prefix}/{name}", concepts=concepts, prompt=class_prompt(prompt, tokens),
                                   kind=kind, path=path))
     return items
 
@@ -181,7 +186,7 @@ def not_computed(config: PipelineConfig, clip, detector, dino) -> list[str]:
                      'configured (detector.backend = "none"); set [detector] backend = "owlvit" or "owlv2"')
     if dino is None:
         notes.append('DINO image similarity: not computed because no DINO model is configured (dino.backend = "none")')
-    if not config.evaluation.generated_dir:
+    if not config.evaluation.generated_dir and not config.training.runs:  # trained models have held-out prompts
         notes.append("Generated images: not evaluated because evaluation.generated_dir is not set, so TI-CLIP on "
                      "held-out prompts and the train/held-out gap are not computed (MyCanvas captions are "
                      "training prompts)")
@@ -231,6 +236,7 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
         elif not any(item.kind == "held_out" for item in sets["generated"]):
             notes.append(f'TI-CLIP held-out and its gap (generated images): not computed because no prompt in '
                          f'{generated_prompts_file(config)} has kind "held_out"')
+    sets.update(model_sets(config, registry, problems, notes, result))
     concepts = {c for items in sets.values() for item in items for c in item.concepts}
     references = concept_references(registry, config, concepts, problems)
     params = MetricParams(crop_padding=config.evaluation.crop_padding,
@@ -250,6 +256,34 @@ def run_evaluation(config: PipelineConfig, registry: dict, mycanvas_dir: Path, c
         log(f"score cache: {result['cache']['hits']} hits, {result['cache']['misses']} misses")
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def model_sets(config: PipelineConfig, registry: dict, problems: list[dict], notes: list[str], result: dict) -> dict:
+    """``model:<run>``: the samples of every configured training run that has them (the paper's
+    comparison, one row per model); ``result["models"]`` says what each was trained on and
+    whether it is stale."""
+    from .personalisation import PROMPTS_FILE
+    from .personalisation_state import desired, status
+
+    sets, models = {}, {}
+    for run in config.training.runs:
+        folder = config.paths.generated(run.name)
+        if not (folder / PROMPTS_FILE).is_file():
+            notes.append(f"model {run.name}: not evaluated because it has no samples yet (gen4gen personalise)")
+            continue
+        items = generated_items(config, registry, problems, folder, folder / PROMPTS_FILE, prefix=f"model:{run.name}")
+        if not items:
+            continue
+        try:
+            stale = status(config, "generated_images", run.name, desired(config, registry, run)["generated_images"])
+        except ValueError as exc:
+            stale = [str(exc)]
+        sets[f"model:{run.name}"] = items
+        models[run.name] = {"source": run.source, "strategy": run.strategy if run.source == "mycanvas" else None,
+                            "concepts": sorted({c for item in items for c in item.concepts}), "stale": stale,
+                            "folder": data_root(config.paths.data).relative(folder)}
+    result["models"] = models
+    return sets
 
 
 def _cache_summary(cache: ScoreCache, config: PipelineConfig) -> dict:

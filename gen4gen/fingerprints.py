@@ -70,7 +70,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               ("report", "evaluation", "clip", "detector", "dino"),
               ("clip.batch_size", "clip.device", "detector.batch_size", "detector.device", "dino.batch_size",
                "dino.device"),
-              ("report.py", "evaluation.py", "metrics.py")),
+              ("report.py", "evaluation.py", "metrics.py", "report_models.py")),
 )}
 
 
@@ -118,10 +118,10 @@ def _lookup(values: dict, dotted: str):
     return node
 
 
-def _flatten(prefix: str, value, out: dict) -> None:
+def flatten_config(prefix: str, value, out: dict) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}", item, out)
+            flatten_config(f"{prefix}.{key}", item, out)
     else:
         out[prefix] = value
 
@@ -132,7 +132,7 @@ def stage_config(stage: str, config) -> dict:
     values = config.model_dump(mode="json")
     flat: dict = {}
     for key in spec.config_keys:
-        _flatten(key, _lookup(values, key), flat)
+        flatten_config(key, _lookup(values, key), flat)
     return {k: v for k, v in sorted(flat.items()) if not any(k == i or k.startswith(i + ".") for i in spec.ignored_keys)}
 
 
@@ -277,8 +277,17 @@ def desired_state(config, registry: dict, current: Callable[[str, str], bool] | 
     dataset = add("mycanvas", None, {"compositions": published, "overrides": overrides_version(config),
                                      "concepts": {k: [c.get("name"), c.get("class_name"), tokens[k]]
                                                   for k, c in sorted(concepts.items())}})
-    add("evaluation_report", None, {"mycanvas": dataset.digest})
+    add("evaluation_report", None, {"mycanvas": dataset.digest, **_samples_compared(config)})
     return state
+
+
+def _samples_compared(config) -> dict:
+    """The trained models' samples the report compares, by the fingerprints they were made with
+    (nothing when no training run is configured)."""
+    if not config.training.runs:
+        return {}
+    recorded = {run.name: read_fingerprint(config.paths.generated(run.name)) for run in config.training.runs}
+    return {"generated": {name: (record or {}).get("digest") for name, record in recorded.items()}}
 
 
 # ------------------------------------------------------------------ what changed

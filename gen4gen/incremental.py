@@ -168,6 +168,8 @@ def _input_label(name: str) -> str:
         return "review overrides changed"
     if name == "compositions":
         return "the set of current compositions changed"
+    if name == "generated":
+        return "a trained model's samples changed"
     return f"input {name} changed"
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .report_models import comparison_figures, comparison_html, comparison_markdown
 from .thumbnails import cached_thumbnails, thumbnail_grid
 
 
@@ -89,7 +90,7 @@ def _plots(stats: dict, accepted: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None) -> str:
+def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None, figures: list[str] = ()) -> str:
     lines = ["# MyCanvas dataset report", "",
              f"- images built: {stats['images']}, accepted: {stats['accepted']}, rejected: {stats['rejected']}"
              f" (pass rate {stats['pass_rate'] if stats['pass_rate'] is not None else 'n/a'})",
@@ -102,6 +103,7 @@ def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None) -> 
     lines += [f"| {k} | {v['accepted']} | {v['rejected']} |" for k, v in stats["images_per_composition"].items()]
     lines += ["", "![contact sheet](contact_sheet.png)", "", "![plots](plots.png)", ""]
     lines += _metrics_markdown(evaluation)
+    lines += comparison_markdown(evaluation, figures)
     if notes:
         lines += ["## Not computed", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -135,6 +137,8 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
         "contact_sheet.png": buffer.getvalue(),
         "plots.png": _plots(stats, accepted),
     }
+    figures = comparison_figures(evaluation)  # trained models' samples side by side, one figure per prompt
+    files.update(figures)
     metrics_plot = _metrics_plot(evaluation) if evaluation and evaluation.get("sets") else None
     if metrics_plot is not None:
         files["metrics.png"] = metrics_plot
@@ -143,8 +147,8 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
     for name, data in files.items():
         atomic_write_bytes(out_dir / name, data)
     atomic_write_json(out_dir / "report.json", stats)
-    atomic_write_text(out_dir / "report.md", _markdown(stats, notes, evaluation))
-    atomic_write_text(out_dir / "report.html", _html(stats, notes, evaluation))
+    atomic_write_text(out_dir / "report.md", _markdown(stats, notes, evaluation, list(figures)))
+    atomic_write_text(out_dir / "report.html", _html(stats, notes, evaluation, list(figures)))
     stats["seconds"] = round(time.perf_counter() - start, 3)
     return stats
 
@@ -261,7 +265,7 @@ def _thumb_uri(path: str, side: int) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _html(stats: dict, notes: list[str], evaluation: dict | None) -> str:
+def _html(stats: dict, notes: list[str], evaluation: dict | None, figures: list[str] = ()) -> str:
     """The report as one HTML page: statistics, figures, metric tables and per-image scores with thumbnails."""
     import html
 
@@ -303,6 +307,7 @@ def _html(stats: dict, notes: list[str], evaluation: dict | None) -> str:
                 image = f"<img src='{uri}' width='{side}'><br>" if uri else ""
                 parts.append(f"<div class='card' style='width:{side}px'>{image}" + "<br>".join(lines) + "</div>")
             parts.append("</div>")
+    parts.append(comparison_html(evaluation, figures))
     if notes:
         parts.append("<h2>Not computed</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     if evaluation and evaluation.get("problems"):

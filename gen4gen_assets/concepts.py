@@ -10,7 +10,7 @@ from gen4gen.io import BadInput, json_bytes, sha256_bytes, write_if_changed
 from gen4gen.lineage import ArtifactRecord
 from resources import DvcResource, LineageResource, PipelineSettings
 
-from .partitions import composition_partitions, concept_partitions
+from .partitions import composition_partitions, concept_partitions, training_run_partitions
 
 # The instance key naming the data folder whose partitions an instance holds.
 DATA_DIR_KEY = "gen4gen/data_dir"
@@ -77,6 +77,12 @@ def concept_images(context: AssetExecutionContext, settings: PipelineSettings,
         for gone in sorted(known - set(keys)):
             instance.delete_dynamic_partition(partitions.name, gone)
             retired.append((partitions.name, gone))
+    # Configured training runs, so the UI can launch them (added only: a run taken out of the
+    # configuration keeps its history).
+    known_runs = set(instance.get_dynamic_partitions(training_run_partitions.name))
+    new_runs = [run.name for run in config.training.runs if run.name not in known_runs]
+    if new_runs:
+        instance.add_dynamic_partitions(training_run_partitions.name, new_runs)
     removed_folders = _remove_retired_outputs(paths, concept_keys, composition_keys)
     for problem in registry["problems"]:
         context.log.warning(f"{problem['path']}: {problem['reason']}")

@@ -12,7 +12,8 @@ from .layouts import layouts
 from .mycanvas import mycanvas, mycanvas_files_match_metadata
 from .recolouring import recoloured_images
 from .report import evaluation_report
-from .jobs import catalogue_job, compositions_job, publish_job, segment_job
+from .jobs import catalogue_job, compositions_job, personalise_job, publish_job, report_job, segment_job
+from .personalisation import generated_images, personalised_models
 from .segmentation import segmented_foregrounds
 from .sensors import concept_folder_sensor
 
@@ -38,9 +39,9 @@ def build_resources(config_file: str | None = None, data_dir: str | None = None)
 def build_definitions(config_file: str | None = None, data_dir: str | None = None) -> Definitions:
     return Definitions(
         assets=[concept_images, segmented_foregrounds, layouts, composed_images, recoloured_images, captions,
-                mycanvas, evaluation_report],
+                mycanvas, evaluation_report, personalised_models, generated_images],
         asset_checks=[mycanvas_files_match_metadata],
-        jobs=[catalogue_job, segment_job, compositions_job, publish_job],
+        jobs=[catalogue_job, segment_job, compositions_job, publish_job, personalise_job, report_job],
         sensors=[concept_folder_sensor],
         resources=build_resources(config_file, data_dir),
     )

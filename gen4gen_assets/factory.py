@@ -138,9 +138,7 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
             pending_metadata["dvc_partitions_committed"] = MetadataValue.md("\n".join(committed) or "none pending")
         reasons = partition_status(paths, stage, key, desired)
         if not reasons and not force:
-            context.log.info(f"{stage}[{key}] is current; nothing to do")
-            return MaterializeResult(data_version=DataVersion(desired.digest), metadata={
-                "unchanged": MetadataValue.bool(True), "fingerprint": MetadataValue.text(desired.digest)})
+            return _unchanged(context, stage, key, desired.digest)
         context.log.info(f"building {stage}[{key}]: {'; '.join(reasons) or 'forced (--all)'}")
         crash_point(f"build:{stage}")
         _quarantine_damaged(config, final, context)
@@ -191,6 +189,72 @@ def build_partition(context, stage, build, describe, backend_name, check, previe
         **describe(run, result), **lineage_metadata, **ingest_metadata, **dvc_metadata))
 
 
+def build_run_partition(context, stage: str, build: Callable, describe: Callable[[StageResult, Path], dict]
+                        ) -> MaterializeResult:
+    """A partition of a personalisation stage (a training run): as ``build_partition`` (lock, staging,
+    lineage journal, fingerprint, failure record) with fingerprints from
+    ``gen4gen.personalisation_state``. Not versioned by DVC (model weights: see the README)."""
+    from gen4gen import personalisation_state
+
+    resources = context.resources
+    config = resources.settings.config
+    paths = config.paths
+    key = context.partition_key
+    run = next((r for r in config.training.runs if r.name == key), None)
+    if run is None:
+        raise Failure(f"{stage}[{key}]: no [[training.runs]] named {key!r} in the configuration; configured: "
+                      f"{[r.name for r in config.training.runs]}", allow_retries=False)
+    registry = load_registry(paths.registry)
+    final = personalisation_state.folder(paths, stage, key)
+    force = context.run.tags.get(FORCE_TAG) == "1"
+    with _partition_lock(context, config, _lock_path(paths, stage, key)):
+        for note in recover(final):
+            context.log.warning(note)
+        try:
+            wanted = personalisation_state.desired(config, registry, run)
+        except ValueError as exc:
+            raise Failure(f"{stage}[{key}]: {exc}", allow_retries=False) from exc
+        desired = wanted[stage]
+        if stage == "generated_images":
+            waiting = personalisation_state.status(config, "personalised_models", key, wanted["personalised_models"])
+            if waiting:
+                raise Failure(f"{stage}[{key}] waits for personalised_models[{key}], which is not current "
+                              f"({waiting[0]}); train it first", allow_retries=False, metadata={"blocked": True})
+        reasons = personalisation_state.status(config, stage, key, desired)
+        if not reasons and not force:
+            return _unchanged(context, stage, key, desired.digest)
+        context.log.info(f"building {stage}[{key}]: {'; '.join(reasons) or 'forced'}")
+        set_step(f"{stage}[{key}]")
+        try:
+            with staged_folder(final) as staging:
+                result = build(config, registry, run, staging, context.log.info)
+                _relocate(result, staging, final)
+                lineage_metadata = resources.lineage.record(
+                    context, result.lineage, journal_file=staging / _journal_name(), params=desired.config,
+                    backend=desired.backend, data_version=desired.digest)
+                files = _file_records(staging, final, result)
+                atomic_write_text(staging / FINGERPRINT_FILE, _json(fingerprint_record(desired, files, context.run.run_id)))
+        except Exception as exc:
+            record_failure(paths, stage, key, desired.digest, _message(exc))
+            if isinstance(exc, (StageInputError, ValueError)) and not isinstance(exc, Failure):
+                raise Failure(f"{stage}[{key}]: {exc}", allow_retries=False) from exc
+            raise
+    ingest_metadata = {} if config.single_writer else resources.lineage.ingest(context)
+    clear_failure(paths, stage, key)
+    log_problems(context, result)
+    return MaterializeResult(data_version=DataVersion(desired.digest), metadata={
+        "fingerprint": MetadataValue.text(desired.digest),
+        "rebuilt_because": MetadataValue.md("\n".join(f"- {r}" for r in reasons) or "- forced"),
+        "seconds": MetadataValue.float(round(result.seconds, 2)),
+        **describe(result, final), **lineage_metadata, **ingest_metadata})
+
+
+def _unchanged(context, stage: str, key: str | None, digest: str) -> MaterializeResult:
+    context.log.info(f"{stage}[{key}] is current; nothing to do")
+    return MaterializeResult(data_version=DataVersion(digest), metadata={
+        "unchanged": MetadataValue.bool(True), "fingerprint": MetadataValue.text(digest)})
+
+
 def _require_inputs_current(paths, state, stage: str, key: str | None) -> None:
     """A composition stage builds only on current inputs (else it would mix old and new data)."""
     if STAGES[stage].partitioned_by != "compositions":
@@ -226,11 +290,16 @@ def _quarantine_damaged(config, final: Path, context) -> None:
 
 
 def _relocate(result: StageResult, staging: Path, final: Path) -> None:
-    """Lineage records name files where they will live, not the staging folder."""
+    """Lineage records name files where they will live, not the staging folder (parents too: a
+    file may be made from another of its partition)."""
     prefix = str(staging)
+
+    def moved(path: str) -> str:
+        return str(final) + path[len(prefix):] if path.startswith(prefix) else path
+
     for record in result.lineage:
-        if record.path.startswith(prefix):
-            record.path = str(final) + record.path[len(prefix):]
+        record.path = moved(record.path)
+        record.parents = [(moved(path), sha, role) for path, sha, role in record.parents]
 
 
 def _file_records(staging: Path, final: Path, result: StageResult) -> dict[str, list]:
@@ -271,4 +340,5 @@ def force_tags(force: bool) -> dict:
     return {FORCE_TAG: "1"} if force else {}
 
 
-__all__ = ["FORCE_TAG", "StageRun", "build_partition", "force_tags", "model_placement", "stage_asset"]
+__all__ = ["FORCE_TAG", "StageRun", "build_partition", "build_run_partition", "force_tags", "model_placement",
+           "stage_asset"]

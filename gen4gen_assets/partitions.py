@@ -6,3 +6,5 @@ from dagster import DynamicPartitionsDefinition
 
 concept_partitions = DynamicPartitionsDefinition(name="concepts")
 composition_partitions = DynamicPartitionsDefinition(name="compositions")
+# One per `[[training.runs]]` entry; `gen4gen personalise` registers the configured ones.
+training_run_partitions = DynamicPartitionsDefinition(name="training_runs")

@@ -47,6 +47,24 @@ def _failure_message(result) -> str:
     return "run failed"
 
 
+def _run_job(defs, instance, summary: RunSummary, log, force: bool, job_name: str, label: str,
+             partition_key: str | None = None) -> bool:
+    """One Dagster run of ``job_name`` in this process (heartbeat for dead-run detection), counted in ``summary``."""
+    began = time.perf_counter()
+    with RunHeartbeat(instance) as heartbeat:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partition_key, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
+            tags={**force_tags(force), **heartbeat.tags})
+    summary.steps += sum(1 for event in result.all_events if event.is_step_success)
+    if result.success:
+        summary.succeeded.append(label)
+        log(f"  ok    {label} ({time.perf_counter() - began:.1f} s)")
+    else:
+        summary.failed[label] = _failure_message(result)
+        log(f"  FAIL  {label}: {summary.failed[label]}")
+    return result.success
+
+
 def materialize_all(defs, instance, log=print, incremental: bool = True, verify: bool = False,
                     honour_backoff: bool = False) -> RunSummary:
     """Catalogue, then the concept partitions, the composition partitions, then the dataset.
@@ -102,20 +120,7 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, p
             summary.skipped[label] = "another run is building it"
             log(f"  skip  {label}: another run is building it")
             return False
-        job = defs.resolve_job_def(job_name)
-        began = time.perf_counter()
-        with RunHeartbeat(instance) as heartbeat:
-            result = job.execute_in_process(instance=instance, partition_key=partition_key, raise_on_error=False,
-                                            run_config=QUIET_RUN_CONFIG, tags={**force_tags(force),
-                                                                               **heartbeat.tags})
-        summary.steps += sum(1 for event in result.all_events if event.is_step_success)
-        if result.success:
-            summary.succeeded.append(label)
-            log(f"  ok    {label} ({time.perf_counter() - began:.1f} s)")
-        else:
-            summary.failed[label] = _failure_message(result)
-            log(f"  FAIL  {label}: {summary.failed[label]}")
-        return result.success
+        return _run_job(defs, instance, summary, log, force, job_name, label, partition_key)
 
     log("cataloguing concepts")
     if not run("catalogue_concepts", "concept_images"):
@@ -150,5 +155,37 @@ def _materialize_all(defs, instance, log, incremental, verify, honour_backoff, p
         run("publish_dataset", "mycanvas + evaluation_report")
     else:
         log("dataset is up to date")
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def personalise_all(defs, instance, runs: list[str], force: bool = False, log=print) -> RunSummary:
+    """Train and sample each named training run (``personalise`` job, one run per partition), then
+    rebuild the report's comparison; the partitions are registered first. A current model or sample
+    set is left as it is unless ``force``."""
+    from gen4gen.pooled_backends import LOCAL_RAY_ENV, close_shared_pools
+
+    summary = RunSummary()
+    start = time.perf_counter()
+    summary.cleaned += clean_dead_runs(instance, log)
+    known = set(instance.get_dynamic_partitions("training_runs"))
+    instance.add_dynamic_partitions("training_runs", [name for name in runs if name not in known])
+
+    def run(job_name: str, label: str, partition_key: str | None = None) -> bool:
+        return _run_job(defs, instance, summary, log, force, job_name, label, partition_key)
+
+    previous = os.environ.get(LOCAL_RAY_ENV)
+    os.environ[LOCAL_RAY_ENV] = "1"  # every step runs in this process: one local Ray serves them all
+    try:
+        for name in runs:
+            log(f"training run {name}: model, then samples")
+            run("personalise", f"personalised_models + generated_images[{name}]", name)
+        close_shared_pools()  # the trainers' GPUs, for the scoring models
+        log("comparing the models in the report")
+        run("evaluation_report_only", "evaluation_report")
+    finally:
+        if previous is None:
+            os.environ.pop(LOCAL_RAY_ENV, None)
+        close_shared_pools()
     summary.seconds = time.perf_counter() - start
     return summary

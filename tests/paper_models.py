@@ -10,37 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-_BUILT: dict[tuple[str, str], Path] = {}
-
-
-def cached_model(kind: str, root: Path, build) -> Path:
-    key = (kind, str(root))
-    if key not in _BUILT:
-        target = Path(root) / kind
-        if not target.exists():
-            build(target)
-        _BUILT[key] = target
-    return _BUILT[key]
-
-
-# ------------------------------------------------------------------ tokenizers
-def byte_vocab() -> dict[str, int]:
-    """256 byte characters, their ``</w>`` forms, then the two special tokens LAST (ids 512, 513)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(chars)}
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return vocab
-
-
-def tiny_clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=byte_vocab(), merges=[], model_max_length=77)
+from gen4gen.tiny_models import tiny_clip_tokenizer, tiny_vae
+from gen4gen.tiny_models import cached_build as cached_model
 
 
 # ------------------------------------------------------------------ SDXL inpainting + refiner
@@ -53,14 +24,6 @@ def _text_encoders(seed: int):
                   vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
                   pad_token_id=513, projection_dim=32)
     return CLIPTextModel(CLIPTextConfig(**common)), CLIPTextModelWithProjection(CLIPTextConfig(**common))
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         latent_channels=4, sample_size=64)
 
 
 def _scheduler():
@@ -93,7 +56,7 @@ def build_sdxl_inpaint(target: Path) -> None:
     text_encoder, text_encoder_2 = _text_encoders(0)
     torch.manual_seed(1)
     pipe = StableDiffusionXLInpaintPipeline(
-        vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tiny_clip_tokenizer(),
+        vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tiny_clip_tokenizer(),
         tokenizer_2=tiny_clip_tokenizer(), unet=_unet(9, 64, 6), scheduler=_scheduler(),
         requires_aesthetics_score=False, force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(target)
@@ -107,7 +70,7 @@ def build_sdxl_refiner(target: Path) -> None:
     _, text_encoder_2 = _text_encoders(2)
     torch.manual_seed(3)
     pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=_vae(), text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
+        vae=tiny_vae(), text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None,
         tokenizer_2=tiny_clip_tokenizer(), unet=_unet(4, 32, 5), scheduler=_scheduler(),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
     pipe.save_pretrained(target)

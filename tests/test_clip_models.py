@@ -14,7 +14,7 @@ from gen4gen.metrics import ConceptReference, EvalItem, MetricParams, evaluate  
 from gen4gen.models import clip as clip_models  # noqa: E402
 from gen4gen.models.common import MissingWeightsError  # noqa: E402
 
-from .tiny_clip_models import dino_dir, open_clip_dir, owlv2_dir, owlvit_dir, register_tiny_clip_name  # noqa: E402
+from gen4gen.tiny_scoring_models import dino_dir, open_clip_dir, owlv2_dir, owlvit_dir, register_tiny_clip_name  # noqa: E402
 
 CPU = {"device": "cpu", "dtype": "fp32"}
 

@@ -295,3 +295,32 @@ def test_the_workers_of_a_killed_run_end_without_it(ray_session, tmp_path):
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert _run_actors(ray_session, "ui-run-2")  # still there right after the kill ...
     assert _wait_until_gone(ray_session, "ui-run-2", 30) < 30  # ... and gone once its heartbeats stopped
+
+
+def test_a_training_run_takes_one_gpu_of_the_pool(ray_session, tmp_path, monkeypatch):
+    """`[ray] enabled`: Custom Diffusion trains in a worker holding one (fake) GPU, into the partition's folder."""
+    pytest.importorskip("diffusers")
+    from gen4gen.concepts import build_registry
+    from gen4gen.config import PROJECT_ROOT, PipelineConfig, TrainingRun
+    from gen4gen.pooled_backends import LOCAL_RAY_ENV, close_shared_pools
+    from gen4gen.stages.personalisation import build_model
+    from gen4gen.tiny_models import tiny_sd15
+
+    from .conftest import create_small_project
+
+    data, _ = create_small_project(tmp_path)
+    monkeypatch.setenv(LOCAL_RAY_ENV, "1")
+    config = PipelineConfig.model_validate({
+        "data_dir": str(data), "ray": {"enabled": True},
+        "training": {"base_model": str(tiny_sd15(tmp_path / "models")), "resolution": 64, "max_train_steps": 3}})
+    registry = build_registry(config, {})
+    try:
+        result = build_model(config, registry, TrainingRun(name="t", source="photos"), tmp_path / "out", PROJECT_ROOT)
+        placement = result.manifest["placement"]
+        (pool,) = close_shared_pools()
+    finally:
+        close_shared_pools()
+    assert len(placement["gpu_ids"]) == 1 and pool["backend"] == "gen4gen.stages.personalisation:Trainer"
+    assert pool["workers"][0]["gpu_ids"] == placement["gpu_ids"] and result.manifest["steps"] == 3
+    assert (tmp_path / "out" / "pytorch_custom_diffusion_weights.bin").is_file()
+    assert ray_session.available_resources().get("GPU", 0) == FAKE_GPUS  # given back

@@ -13,7 +13,7 @@ from gen4gen_assets.definitions import build_definitions
 from gen4gen_assets.runner import materialize_all
 
 from . import paper_models
-from .tiny_clip_models import open_clip_dir, owlvit_dir
+from gen4gen.tiny_scoring_models import open_clip_dir, owlvit_dir
 from .conftest import make_concepts, object_photo
 from .openai_stub import StubServer, good_layout, requested_objects
 

@@ -75,7 +75,7 @@ def test_repainting_on_four_fake_gpus_loads_each_model_once_and_changes_no_byte(
 
 
 def _tiny_models_config(models) -> str:
-    from .tiny_clip_models import dino_dir, open_clip_dir, owlvit_dir
+    from gen4gen.tiny_scoring_models import dino_dir, open_clip_dir, owlvit_dir
 
     return f"""
 [clip]

@@ -291,7 +291,7 @@ def test_report_with_fake_backends_over_mycanvas_and_generated_images(project):
 def test_tiny_real_models_through_dagster(project, tmp_path_factory):
     """The resources, the mycanvas screening hook and the report hook, with tiny models loaded from disk."""
     pytest.importorskip("open_clip")
-    from .tiny_clip_models import dino_dir, open_clip_dir, owlvit_dir
+    from gen4gen.tiny_scoring_models import dino_dir, open_clip_dir, owlvit_dir
 
     root, data, config_file = project
     models = tmp_path_factory.mktemp("tiny_models_dagster")

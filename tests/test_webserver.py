@@ -29,7 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 LOCATION = "gen4gen"
 JOB = "catalogue_concepts"
 ALL_ASSETS = {"concept_images", "segmented_foregrounds", "layouts", "composed_images", "recoloured_images",
-              "captions", "mycanvas", "evaluation_report"}
+              "captions", "mycanvas", "evaluation_report", "personalised_models", "generated_images"}
 START_TIMEOUT = 90
 RUN_TIMEOUT = 120
 

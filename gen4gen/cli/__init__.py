@@ -10,10 +10,10 @@ import os
 import sys
 
 from ..config import ConfigError
-from . import build, concepts, lineage, models, versions
+from . import build, concepts, lineage, models, personalise, versions
 from .common import CommandExit, ExitCode
 
-COMMAND_MODULES = (concepts, models, build, lineage, versions)
+COMMAND_MODULES = (concepts, models, build, personalise, lineage, versions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from .common import instance, overrides, preflight
 EXIT_REFUSED = 4
 
 
-def _data_dir_ok(config, args) -> bool:
+def data_dir_ok(config, args) -> bool:
     """A --data-dir that does not exist is an error unless asked to create it."""
     data = config.paths.data
     if getattr(args, "data_dir", None) and not data.is_dir():
@@ -57,7 +57,7 @@ def cmd_materialize(args) -> int:
 
         os.environ[RAY_ADDRESS_ENV] = args.ray_address  # the resources load the configuration again
     config = load_config(args.config, **overrides(args))
-    if not _data_dir_ok(config, args):
+    if not data_dir_ok(config, args):
         return 2
     preflight(config)  # ends the command (exit 3) when weights are missing
     if args.confirm_removals:
@@ -95,9 +95,10 @@ def cmd_plan(args) -> int:
     from ..concepts import build_registry, load_registry
     from ..incremental import plan_updates
     from ..io import BadInput
+    from ..personalisation_state import plan_lines
 
     config = load_config(args.config, **overrides(args))
-    if not _data_dir_ok(config, args):
+    if not data_dir_ok(config, args):
         return 2
     previous = load_registry(config.paths.registry)
     try:
@@ -108,9 +109,14 @@ def cmd_plan(args) -> int:
         return EXIT_REFUSED
     plan = plan_updates(config, registry, verify=args.verify, force=args.all)
     new_concepts = sorted({c["key"] for c in registry["concepts"]} - {c["key"] for c in previous.get("concepts", [])})
+    # Trained models are not part of `materialize`: their state is said, never acted on.
+    personalisation = plan_lines(config, registry)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "new_concepts": new_concepts}, indent=2, ensure_ascii=False))
+        print(json.dumps({**plan.to_dict(), "new_concepts": new_concepts, "personalisation": personalisation},
+                         indent=2, ensure_ascii=False))
         return 0
+    for line in personalisation:
+        print(line)
     if plan.empty and not plan.held_back:
         print("nothing to do: every partition is current")
         return 0

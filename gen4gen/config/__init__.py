@@ -5,7 +5,7 @@ file named by ``GEN4GEN_CONFIG``); ``GEN4GEN_DATA_DIR`` overrides the data direc
 Resources and assets read their parameters from here and nowhere else. ``load_config`` raises
 ``ConfigError`` with one line per invalid value (file, dotted key, what is allowed).
 
-Modules: ``types`` (shared ranges), ``stages`` and ``quality`` and ``operations`` (the sections),
+Modules: ``types`` (shared ranges), ``stages``, ``quality``, ``operations`` and ``training`` (the sections),
 ``pipeline`` (the whole model, profiles, paths), ``loading`` (layers and errors).
 """
 from .errors import ConfigError
@@ -15,6 +15,7 @@ from .pipeline import PROFILES, PROJECT_ROOT, PipelineConfig, ProjectPaths, appl
 from .quality import ClipConfig, DetectorConfig, DinoConfig, EvaluationConfig, ScoreThreshold, ScreeningConfig
 from .stages import (DEFAULT_NEGATIVE_PROMPT, CaptionConfig, CompositionConfig, EndpointConfig, FilterConfig,
                      InputConfig, LayoutConfig, ProposalConfig, RecolourConfig, ReportConfig, SegmentationConfig)
+from .training import SamplingConfig, TrainingConfig, TrainingRun
 from .types import Device, DType, Section
 
 __all__ = [
@@ -23,5 +24,5 @@ __all__ = [
     "InputConfig", "ProposalConfig", "SegmentationConfig", "LayoutConfig", "CompositionConfig", "RecolourConfig",
     "CaptionConfig", "FilterConfig", "ReportConfig", "EndpointConfig",
     "ClipConfig", "DetectorConfig", "DinoConfig", "ScoreThreshold", "ScreeningConfig", "EvaluationConfig",
-    "DvcConfig", "RayConfig", "RegenerationConfig",
+    "DvcConfig", "RayConfig", "RegenerationConfig", "TrainingConfig", "TrainingRun", "SamplingConfig",
 ]

@@ -12,13 +12,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .errors import ConfigError, Location, problems_from_validation
-from .pipeline import PROFILES, PipelineConfig, apply_profile
+from .pipeline import PROFILES, PipelineConfig, apply_profile, deep_merge
 
 OVERRIDE_SOURCE = "override"
 
 
 # Joins the Ray cluster at this address (``[ray] enabled``, ``address``) whatever the file says.
 RAY_ADDRESS_ENV = "GEN4GEN_RAY_ADDRESS"
+# A second TOML file merged key by key over the configuration file (`gen4gen personalise --tiny`
+# writes one: the tiny models' paths); an environment variable, so step processes see it too.
+OVERLAY_ENV = "GEN4GEN_CONFIG_OVERLAY"
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineConfig:
@@ -31,6 +34,9 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
     file = config_file(path)
     if file is not None:
         layers.append((str(file), read_toml(file)))
+    overlay = Path(os.environ[OVERLAY_ENV]) if os.environ.get(OVERLAY_ENV) else None
+    if overlay is not None:
+        layers.append((str(overlay), read_toml(overlay)))
     if os.environ.get("GEN4GEN_DATA_DIR"):
         layers.append(("GEN4GEN_DATA_DIR", {"data_dir": os.environ["GEN4GEN_DATA_DIR"]}))
     if os.environ.get(RAY_ADDRESS_ENV):  # `gen4gen materialize --ray-address`, also seen by step processes
@@ -41,6 +47,8 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> PipelineC
     for source, layer in layers:
         if source == RAY_ADDRESS_ENV:  # two keys of the file's [ray]; its other keys stay
             values["ray"] = {**values.get("ray", {}), **layer["ray"]}
+        elif overlay is not None and source == str(overlay):
+            values = deep_merge(values, layer)
         else:
             values.update(layer)
     # Profile precedence: an explicit override, then GEN4GEN_PROFILE, then the file, then embedded.

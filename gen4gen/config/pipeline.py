@@ -13,6 +13,7 @@ from .operations import DvcConfig, RayConfig, RegenerationConfig
 from .quality import ClipConfig, DetectorConfig, DinoConfig, EvaluationConfig, ScreeningConfig
 from .stages import (CaptionConfig, CompositionConfig, FilterConfig, InputConfig, LayoutConfig, ProposalConfig,
                      RecolourConfig, ReportConfig, SegmentationConfig)
+from .training import SamplingConfig, TrainingConfig
 from .types import Section
 
 # Relative paths in the configuration resolve against the project checkout, so the CLI, the
@@ -47,6 +48,8 @@ class PipelineConfig(Section):
     dvc: DvcConfig = Field(default_factory=DvcConfig)
     regeneration: RegenerationConfig = Field(default_factory=RegenerationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
     @property
     def single_writer(self) -> bool:
@@ -101,6 +104,14 @@ class ProjectPaths:
     @property
     def reports(self) -> Path:
         return self.data / "reports"
+
+    def personalised(self, run: str) -> Path:
+        """A trained model (Custom Diffusion weights, token embeddings, training log, training set)."""
+        return self.data / "personalised" / run
+
+    def generated(self, run: str) -> Path:
+        """A trained model's samples and their prompts.jsonl."""
+        return self.data / "generated" / run
 
     @property
     def review(self) -> Path:

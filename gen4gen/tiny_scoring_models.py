@@ -1,4 +1,5 @@
-"""Tiny random-weight CLIP (open_clip), OWL-ViT, OWLv2 and DINO models, saved the way real weights are.
+"""Tiny random-weight CLIP (open_clip), OWL-ViT, OWLv2 and DINO models, saved the way real weights are
+(the tests, and `gen4gen personalise --tiny`, which scores its samples with them).
 
 The project loads them through the same code paths as real weights (an open_clip folder or
 checkpoint file, ``from_pretrained`` of a local folder). Nothing is downloaded. Heavy imports
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# One cache of built folders and one byte-level vocabulary for every tiny model of the suite.
-from .paper_models import byte_vocab, cached_model
+# One cache of built folders and one byte-level vocabulary for every tiny model.
+from .tiny_models import byte_vocab
+from .tiny_models import cached_build as cached_model
 
 TINY_CLIP_CFG = {"embed_dim": 32,
                  "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
