@@ -39,7 +39,8 @@ SENSOR = "concept_folder_sensor"
 SENSOR_INTERVAL_S = 2
 FIRST_TICK_TIMEOUT = 90  # the daemon loads the code location, then ticks
 ADD_CONCEPT_TIMEOUT = 120
-SETTLE_TIMEOUT = 120  # after add-concept ended: the sensor's runs, then a tick that requests nothing
+SETTLE_TIMEOUT = 300  # after add-concept ended: the sensor's runs, then a tick that requests nothing (a
+# loaded machine slows the daemon's ticks and each run's step processes: 120 s was seen to fall short)
 NEW_COMPOSITIONS = 4
 COMPOSITION_STAGES = ("layouts", "composed_images", "recoloured_images", "captions")
 # What `make setup` writes (Makefile, $(DAGSTER_HOME)/dagster.yaml) on a machine with one GPU or none.
