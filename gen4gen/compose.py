@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from gen4gen.compositing import contact_shadow, match_blur_noise, paste_object
+
 MASK_ON = 128  # alpha at or above this counts as object
 
 
@@ -58,11 +60,14 @@ class PlacedInstance:
     augmentation: Augmentation
     visible_mask: np.ndarray  # canvas-sized bool
     stats: dict = field(default_factory=dict)
+    pasted_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # where the whole object went, before occlusion
+    shadow: dict | None = None  # its contact shadow on the floor (gen4gen.compositing.ShadowRecord)
+    height: int = 0  # the object's height in pixels as fitted into its box, before rotation
 
 
 @dataclass
 class Composite:
-    rgb: np.ndarray  # canvas x canvas x 3 uint8, objects on black
+    rgb: np.ndarray  # canvas x canvas x 3 uint8: the objects on black, or standing in the scene
     alpha: np.ndarray  # canvas x canvas uint8 union of the objects' soft masks
     instances: list[PlacedInstance]  # in the layout's object order
 
@@ -77,63 +82,90 @@ def _fit_into_box(cutout: Cutout, box) -> Image.Image:
 
 
 def compose(cutouts: list[Cutout], boxes: list[tuple[int, int, int, int]], canvas: int,
-            rng: np.random.Generator, config) -> Composite:
+            rng: np.random.Generator, config, scene=None) -> Composite:
     """Paste each cut-out into its box (aspect kept, standing on the box's bottom edge).
 
     Objects further back (higher bottom edge on screen) are pasted first, so nearer objects
-    occlude them, as in a photograph.
+    occlude them, as in a photograph. Without ``scene`` the objects stand on black. With a
+    :class:`~gen4gen.ground_plane.GroundScene` they stand in it: each is matched to the scene's
+    blur and noise, pasted, and casts a contact shadow on the floor along the scene's light
+    direction (``config``: the [composition] section); augmentations shift it sideways only, so
+    its base stays where the layout stood it. Colour is harmonised later, by the repainter.
     """
+    import cv2
+
     augmentations = [Augmentation.sample(rng, canvas, config) for _ in cutouts]
-    rgb = np.zeros((canvas, canvas, 3), np.float32)
+    noise_seeds = rng.integers(0, 2 ** 63, len(cutouts)) if scene is not None else [0] * len(cutouts)
+    rgb = scene.image.copy() if scene is not None else np.zeros((canvas, canvas, 3), np.uint8)
     alpha_union = np.zeros((canvas, canvas), np.float32)
-    full_masks: list[np.ndarray] = []
-    totals: list[int] = []
     paste_order = sorted(range(len(cutouts)), key=lambda i: (boxes[i][3], i))
     owner = np.full((canvas, canvas), -1, np.int16)
+    full_masks, totals, pasted, shadows, heights = {}, {}, {}, {}, {}  # full_masks: opaque pixels inside
     for i in paste_order:
         cutout, box, aug = cutouts[i], boxes[i], augmentations[i]
         piece = _fit_into_box(cutout, box)
+        heights[i] = piece.size[1]
         if aug.flip:
             piece = piece.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if aug.rotation:
             # Bilinear is indistinguishable from bicubic at +-5 degrees and twice as fast.
             piece = piece.rotate(aug.rotation, resample=Image.Resampling.BILINEAR, expand=True)
-        array = np.asarray(piece, np.float32)
+        array = np.asarray(piece)
         h, w = array.shape[:2]
-        # Centre horizontally in the box, stand on its bottom edge, then shift.
+        # Centre horizontally in the box, stand its lowest opaque row on the box's bottom edge
+        # (a rotated piece has transparent corners below it), then shift.
+        rows = np.flatnonzero((array[..., 3] >= MASK_ON).any(axis=1))
+        bottom = int(rows[-1]) + 1 if rows.size else h
         left = (box[0] + box[2]) // 2 - w // 2 + aug.shift[0]
-        top = box[3] - h + aug.shift[1]
-        object_alpha = array[..., 3] / 255.0
-        totals.append(int((array[..., 3] >= MASK_ON).sum()))
+        top = box[3] - bottom + (aug.shift[1] if scene is None else 0)
+        totals[i] = int((array[..., 3] >= MASK_ON).sum())
+        pasted[i] = (left, top, left + w, top + h)
         cx0, cy0, cx1, cy1 = max(left, 0), max(top, 0), min(left + w, canvas), min(top + h, canvas)
-        full = np.zeros((canvas, canvas), bool)
+        inside = 0
         if cx1 > cx0 and cy1 > cy0:
-            region = (slice(cy0, cy1), slice(cx0, cx1))
             local = (slice(cy0 - top, cy1 - top), slice(cx0 - left, cx1 - left))
-            a = object_alpha[local][..., None]
-            rgb[region] = rgb[region] * (1 - a) + array[local][..., :3] * a
-            alpha_union[region] = np.maximum(alpha_union[region] * (1 - a[..., 0]), a[..., 0])
-            full[region] = array[local][..., 3] >= MASK_ON
-            owner[full] = i
-        full_masks.append((i, full))
-    by_index = dict(full_masks)
-    total_by_index = dict(zip(paste_order, totals))
+            obj_rgb, obj_alpha = np.ascontiguousarray(array[local][..., :3]), np.ascontiguousarray(array[local][..., 3])
+            clipped = (cx0, cy0, cx1, cy1)
+            if scene is not None:
+                obj_rgb, shadows[i] = _finish(rgb, obj_rgb, obj_alpha, clipped, scene, config,
+                                              np.random.default_rng(int(noise_seeds[i])))
+            else:
+                paste_object(rgb, obj_rgb, obj_alpha, clipped, inplace=True)
+            a = obj_alpha.astype(np.float32) / 255.0
+            region = (slice(cy0, cy1), slice(cx0, cx1))
+            alpha_union[region] = np.maximum(alpha_union[region] * (1 - a), a)
+            full = obj_alpha >= MASK_ON
+            owner[region][full] = i
+            inside = int(np.count_nonzero(full))
+        full_masks[i] = inside
     instances = []
     for i, cutout in enumerate(cutouts):
-        full = by_index[i]
+        inside = full_masks[i]
         visible = owner == i
-        inside = int(full.sum())
-        total = max(total_by_index[i], 1)
-        ys, xs = np.nonzero(visible)
-        visible_box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
+        shown = int(np.count_nonzero(visible))
+        total = max(totals[i], 1)
+        x, y, w, h = cv2.boundingRect(visible.view(np.uint8))
+        visible_box = (x, y, x + w, y + h) if shown else (0, 0, 0, 0)
         stats = {
-            "visible_fraction": round(float(visible.sum()) / max(inside, 1), 4),
+            "visible_fraction": round(float(shown) / max(inside, 1), 4),
             "inside_fraction": round(inside / total, 4),
-            "area_fraction": round(float(visible.sum()) / (canvas * canvas), 5),
+            "area_fraction": round(float(shown) / (canvas * canvas), 5),
             "mask_fill": round(cutout.mask_fill, 4),
         }
         instances.append(PlacedInstance(concept=cutout.concept, source_photo=cutout.source_photo,
                                         layout_box=tuple(boxes[i]), box=visible_box,
-                                        augmentation=augmentations[i], visible_mask=visible, stats=stats))
-    return Composite(rgb=np.clip(rgb + 0.5, 0, 255).astype(np.uint8),
-                     alpha=np.clip(alpha_union * 255 + 0.5, 0, 255).astype(np.uint8), instances=instances)
+                                        augmentation=augmentations[i], visible_mask=visible, stats=stats,
+                                        pasted_box=pasted[i], shadow=shadows.get(i), height=heights[i]))
+    return Composite(rgb=rgb, alpha=np.clip(alpha_union * 255 + 0.5, 0, 255).astype(np.uint8), instances=instances)
+
+
+def _finish(canvas_rgb, obj_rgb, obj_alpha, box, scene, config, rng) -> tuple[np.ndarray, dict]:
+    """Match the scene's blur and noise, paste into ``canvas_rgb`` (in place) and cast the shadow.
+
+    Colour and brightness are harmonised to the scene by the recolouring stage (gen4gen.recolour).
+    """
+    obj_rgb = match_blur_noise(obj_rgb, obj_alpha, canvas_rgb, box, rng=rng, max_blur_sigma=config.max_blur_sigma)
+    paste_object(canvas_rgb, obj_rgb, obj_alpha, box, inplace=True)
+    _, shadow = contact_shadow(canvas_rgb, obj_alpha, box, scene.light_direction, config.shadow_strength,
+                               floor_top_y=scene.floor_top_y, inplace=True)
+    return obj_rgb, shadow.to_dict()

@@ -1,10 +1,15 @@
 """Per-image quality checks for MyCanvas; every rejection keeps its reasons and scores.
 
 Like datatrove's filters with an exclusion writer: a check never drops an image silently.
+Besides the geometric checks: the cut-out findings of each object's photo (recorded by the
+segmentation stage) and the placement checks of gen4gen.realism_checks (``implausible_scale``,
+``floating``), each reason with its finding's code.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 
 @dataclass
@@ -12,11 +17,18 @@ class CheckOutcome:
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     scores: dict = field(default_factory=dict)
-    codes: list[str] = field(default_factory=list)  # one per reason: occluded, truncated, too_small, degenerate_mask
+    # one per reason: occluded, truncated, too_small, degenerate_mask, truncated_source, fragments,
+    # rectangular_cutout, implausible_scale, floating
+    codes: list[str] = field(default_factory=list)
 
 
-def check_image(objects: list[dict], config) -> CheckOutcome:
-    """Apply the geometric checks to one image's objects (each with ``concept`` and ``stats``)."""
+def check_image(objects: list[dict], config, repaint_backend: str = "scene_bank") -> CheckOutcome:
+    """Apply the checks to one image's objects (each with ``concept`` and ``stats``; from a
+    ground-plane composite also ``ground``, ``pasted_box`` and ``photo_findings``).
+
+    ``config`` is the [filter] section. The placement checks are on by default only for the
+    embedded scene-bank repainter (``repaint_backend``); a generative one draws its own ground.
+    """
     reasons: list[str] = []
     codes: list[str] = []
     scores: dict = {}
@@ -45,4 +57,44 @@ def check_image(objects: list[dict], config) -> CheckOutcome:
             reasons.append(f"{name}: degenerate mask, it covers {stats['frame_fraction']:.0%} of its photo, "
                            f"so the background was kept (max_frame_fraction {config.max_frame_fraction:.0%})")
             codes.append("degenerate_mask")
+    for code, reason in realism_findings(objects, config, repaint_backend):
+        reasons.append(reason)
+        codes.append(code)
     return CheckOutcome(not reasons, reasons, scores, codes)
+
+
+def placement_checks_on(setting: bool | None, repaint_backend: str) -> bool:
+    """A placement check's setting: None means on with the scene-bank repainter only."""
+    return repaint_backend == "scene_bank" if setting is None else setting
+
+
+def realism_findings(objects: list[dict], config, repaint_backend: str) -> list[tuple[str, str]]:
+    """(code, reason) for each realism finding of one image's objects."""
+    from .realism_checks import DEFAULT_THRESHOLDS, floating, implausible_scale
+    from .size_priors import real_world_size
+
+    found = []
+    if config.photo_checks:
+        for obj in objects:
+            photo = PurePath(obj.get("source_photo", "")).name
+            for finding in obj.get("photo_findings", []):
+                detail = finding["detail"].removeprefix(f"{obj['class_name']}: ")
+                found.append((finding["code"], f"{obj['concept']} (photo {photo}): {detail}"))
+    thresholds = dataclasses.replace(DEFAULT_THRESHOLDS, max_scale_contradiction=config.max_scale_contradiction,
+                                     floating_tolerance_px=config.floating_tolerance_px)
+    standing = [o for o in objects if o.get("ground")]
+    if placement_checks_on(config.floating, repaint_backend):
+        for obj in standing:
+            x0, _, x1, _ = obj["pasted_box"]
+            base = obj["ground"]["base_y"]
+            finding = floating((x0, base - 1, x1, base), obj["ground"]["floor_top_y"], class_name=obj["concept"],
+                               thresholds=thresholds)
+            if finding:
+                found.append((finding.code, finding.detail))
+    if placement_checks_on(config.implausible_scale, repaint_backend):
+        observations = [(o["concept"], o["ground"]["height_px"], real_world_size(o["class_name"]),
+                         o["ground"]["depth_scale"]) for o in standing if o["ground"]["depth_scale"]]
+        finding = implausible_scale(observations, thresholds)
+        if finding:
+            found.append((finding.code, finding.detail))
+    return found

@@ -3,7 +3,9 @@
 The paper asks an LLM, for a set of objects, for background scenes, real-world size ratios
 (largest object 1.0, smallest 0.4) and one bounding box per object. Here the same output
 comes from rules: a table of typical real-world sizes, a scene ranking by indoor/outdoor
-affinity, and a seeded placement that stands objects side by side on a ground band.
+affinity, and a seeded placement. By default (``layout.placement = "floor"``) every object
+stands on its scene's floor, its size following its depth and its real-world size
+(:func:`gen4gen.ground_plane.place_on_floor`); ``"band"`` stands them on a ground band.
 
 Boxes are ``(x0, y0, x1, y1)`` in canvas pixels, exclusive at the right and bottom edge.
 :class:`RuleBasedLayoutPlanner` is the embedded :class:`~gen4gen.backends.LayoutPlanner`; the
@@ -18,7 +20,7 @@ import numpy as np
 
 from gen4gen.config import LayoutConfig
 from gen4gen.io import derive_seed
-from gen4gen.scenes import SceneSpec
+from gen4gen.scenes import SceneSpec, plan_ground
 # Re-exported: callers plan layouts and read the size rules from this module.
 from gen4gen.size_priors import SIZE_PRIORS, class_setting, min_box_area, real_world_size, size_ratios
 
@@ -62,17 +64,25 @@ class PlacedObject:
     class_name: str
     box: Box  # x0, y0, x1, y1 in canvas pixels, right and bottom exclusive
     size_ratio: float  # intended size relative to the largest object (before fitting)
+    # On the floor: base_y, depth, depth_scale, scale (px per metre), height_m
+    # (gen4gen.ground_plane.Placement); None for a layout not planned on a floor.
+    placement: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"concept": self.concept, "class_name": self.class_name,
+        data = {"concept": self.concept, "class_name": self.class_name,
                 "box": list(self.box), "size_ratio": self.size_ratio}
+        if self.placement is not None:
+            data["placement"] = dict(self.placement)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlacedObject":
         box = tuple(int(v) for v in data["box"])
         if len(box) != 4:
             raise ValueError(f"box must have 4 values, got {data['box']!r}")
-        return cls(str(data["concept"]), str(data["class_name"]), box, float(data["size_ratio"]))
+        placement = data.get("placement")
+        return cls(str(data["concept"]), str(data["class_name"]), box, float(data["size_ratio"]),
+                   dict(placement) if placement is not None else None)
 
 
 @dataclass
@@ -86,18 +96,26 @@ class Layout:
     planner: str
     canvas_size: int
     notes: list[str] = field(default_factory=list)
+    # How the scene is drawn and where its floor lies (gen4gen.scenes.plan_ground); None: objects
+    # on black, the repainter makes the whole background.
+    ground: dict | None = None
+    # Why no layout could be kept for this image (then `objects` is empty): the image is left out.
+    dropped: str | None = None
 
     def to_dict(self) -> dict:
-        return {"composition": self.composition, "index": self.index, "seed": self.seed,
+        data = {"composition": self.composition, "index": self.index, "seed": self.seed,
                 "scene": self.scene, "background_prompt": self.background_prompt,
                 "objects": [o.to_dict() for o in self.objects], "planner": self.planner,
                 "canvas_size": self.canvas_size, "notes": list(self.notes)}
+        data.update({k: v for k, v in (("ground", self.ground), ("dropped", self.dropped)) if v is not None})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Layout":
         return cls(str(data["composition"]), int(data["index"]), int(data["seed"]), str(data["scene"]),
                    str(data["background_prompt"]), [PlacedObject.from_dict(o) for o in data["objects"]],
-                   str(data["planner"]), int(data["canvas_size"]), [str(n) for n in data.get("notes", [])])
+                   str(data["planner"]), int(data["canvas_size"]), [str(n) for n in data.get("notes", [])],
+                   data.get("ground"), data.get("dropped"))
 
 
 # ---------------------------------------------------------------- scenes
@@ -252,8 +270,47 @@ def _plan_one(composition, objects, index, seed, canvas, config, scene, ratios, 
     layout_seed = derive_seed(seed, composition, index)
     rng = np.random.default_rng(layout_seed)
     notes: list[str] = []
-    aspects = [o.aspect for o in objects]
+    ground = plan_ground(scene, canvas, rng)
+    if config.placement == "floor":
+        try:
+            placed = _place_on_floor(objects, ratios, ground, canvas, config, rng, min_area)
+        except ValueError as exc:
+            reason = (f"{exc} (in the configuration: layout.min_camera_height, or layout.size_ratio_range = "
+                      f"[0.4, 1.0] for the paper's sizes)")
+            return Layout(composition, index, layout_seed, scene.name, scene.prompt, [], PLANNER_NAME, canvas,
+                          [f"layout dropped: {reason}"], ground, dropped=reason)
+    else:
+        placed = _place_on_band(objects, ratios, canvas, config, rng, min_area, notes)
+    unknown = sorted({o.class_name for o in objects if real_world_size(o.class_name) is None})
+    if unknown and len(unknown) == len({o.class_name for o in objects}):
+        notes.append("no size prior for any class: objects treated as equally large")
+    elif unknown:
+        notes.append(f"no size prior for {', '.join(unknown)}: relative size {config.default_size_ratio:g} assumed")
+    return Layout(composition, index, layout_seed, scene.name, scene.prompt, placed, PLANNER_NAME, canvas, notes,
+                  ground)
 
+
+def _place_on_floor(objects, ratios, ground, canvas, config, rng, min_area) -> list[PlacedObject]:
+    """Boxes standing on the scene's floor, sized by depth and real-world size; ValueError when
+    one would fall below the paper's minimum box (the layout is dropped, not the object)."""
+    from gen4gen.ground_plane import GroundScene, place_on_floor
+
+    known = [s for s in (real_world_size(o.class_name) for o in objects) if s is not None]
+    largest = max(known) if known else 1.0  # metres of the object of ratio 1.0
+    heights = [r * largest for r in ratios]
+    floor = GroundScene(np.zeros((canvas, 0, 3), np.uint8), ground["horizon_y"], ground["floor_top_y"],
+                        tuple(ground["light_direction"]), ground["photo"])
+    placements = place_on_floor(heights, [o.aspect for o in objects], floor, canvas, rng,
+                                min_box_px=math.sqrt(min_area), largest_height_frac=config.largest_object_height,
+                                max_overlap=config.max_overlap, max_attempts=config.max_attempts,
+                                min_camera_height=config.min_camera_height)
+    return [PlacedObject(o.concept, o.class_name, p.box, round(r, 4),
+                         {k: v for k, v in p.to_dict().items() if k not in ("index", "box")})
+            for o, p, r in zip(objects, placements, ratios)]
+
+
+def _place_on_band(objects, ratios, canvas, config, rng, min_area, notes) -> list[PlacedObject]:
+    aspects = [o.aspect for o in objects]
     largest = rng.uniform(*config.largest_object_height) * canvas
     sizes = _sizes([r * largest for r in ratios], aspects, canvas, config, min_area)
     # Objects that could not stand side by side are scaled together up front (ratios kept):
@@ -274,16 +331,7 @@ def _plan_one(composition, objects, index, seed, canvas, config, scene, ratios, 
         sizes = smaller
         rounds += 1
         notes.append(f"no placement in {config.max_attempts} attempts: boxes shrunk by 10% (round {rounds})")
-
-    placed = [PlacedObject(o.concept, o.class_name, box, round(r, 4))
-              for o, box, r in zip(objects, boxes, ratios)]
-    unknown = sorted({o.class_name for o in objects if real_world_size(o.class_name) is None})
-    if unknown and len(unknown) == len({o.class_name for o in objects}):
-        notes.append("no size prior for any class: objects treated as equally large")
-    elif unknown:
-        notes.append(f"no size prior for {', '.join(unknown)}: relative size {config.default_size_ratio:g} assumed")
-    return Layout(composition, index, layout_seed, scene.name, scene.prompt, placed,
-                  PLANNER_NAME, canvas, notes)
+    return [PlacedObject(o.concept, o.class_name, box, round(r, 4)) for o, box, r in zip(objects, boxes, ratios)]
 
 
 def plan_layouts(composition: str, objects: list[ObjectSpec], n: int, seed: int, canvas_size: int,
@@ -293,6 +341,7 @@ def plan_layouts(composition: str, objects: list[ObjectSpec], n: int, seed: int,
     Layout ``i`` (counting from ``first_index``) uses ``derive_seed(seed, composition, i)`` and
     the i-th fitting scene (cycling), so the images of a composition vary their background.
     Planning one layout at a time with ``first_index`` gives the same result as planning all.
+    A layout that cannot be kept on the floor comes back with ``dropped`` saying why (no objects).
     """
     if not objects:
         raise ValueError(f"{composition}: no objects to place")

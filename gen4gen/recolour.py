@@ -2,6 +2,12 @@
 
 The request shape (image, mask, prompt, negative prompt, seed, scene) is the one an SDXL
 inpainting backend needs too, so backends are interchangeable behind one interface.
+
+The composition stage stands the objects of an embedded layout in their ground-plane scene,
+with their shadows (gen4gen/compose.py): such a composite keeps its scene, and each object is
+harmonised locally, towards the scene around it. A composite of objects on black (a layout
+without a ground, e.g. an LLM's) gets a background drawn from the scene bank, feathering and
+the configured harmonisation.
 """
 from __future__ import annotations
 
@@ -10,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .scenes import SceneSpec, load_packaged_photo
+from .scenes import SceneSpec, ground_scene, plan_ground
 
 
 @dataclass
 class RepaintRequest:
-    image: np.ndarray  # HxWx3 uint8 composite, objects on black
+    image: np.ndarray  # HxWx3 uint8 composite: objects on black, or standing in their scene
     mask: np.ndarray  # HxW uint8 object alpha (255 = keep the object)
     prompt: str
     negative_prompt: str
@@ -28,21 +34,6 @@ def feather_mask(mask: np.ndarray, radius: int, low: float) -> np.ndarray:
     """The paper's feathering: box blur, then rescale intensity from [low, 255] to [0, 1]."""
     blurred = np.asarray(Image.fromarray(mask).filter(ImageFilter.BoxBlur(radius)), np.float32)
     return np.clip((blurred - low) / (255.0 - low), 0.0, 1.0)
-
-
-def scale_to_cover(photo: np.ndarray, size: int) -> np.ndarray:
-    """Scale so the shorter side equals ``size`` (the photo then covers a square canvas)."""
-    h, w = photo.shape[:2]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    return np.asarray(Image.fromarray(photo).resize((new_w, new_h), Image.Resampling.BICUBIC))
-
-
-def seeded_crop(scaled: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    h, w = scaled.shape[:2]
-    x = int(rng.integers(0, w - size + 1))
-    y = int(rng.integers(0, h - size + 1))
-    return scaled[y:y + size, x:x + size]
 
 
 def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -107,51 +98,44 @@ def harmonise_poisson(image: np.ndarray, background: np.ndarray, masks: list[np.
 
 
 class SceneBankRepainter:
-    """The embedded :class:`~gen4gen.backends.Repainter`: fill the background with a photo of the
-    layout's scene, feather, and harmonise."""
+    """The embedded :class:`~gen4gen.backends.Repainter`: keep a composite that stands in its
+    scene; give objects on black a scene of the layout's scene bank entry, feather, and harmonise."""
 
     name = "scene_bank"
 
     def __init__(self, scenes: list[SceneSpec], config):
         self.scenes = {scene.name: scene for scene in scenes}
         self.config = config
-        # Scene photos scaled to the canvas, per (photo, canvas size): reused by every image.
-        self._scaled_cache: dict[tuple[str, int], np.ndarray] = {}
 
     def identity(self) -> dict:
         return {"backend": self.name, "harmonisation": self.config.harmonisation, "scenes": sorted(self.scenes)}
 
     def close(self) -> None:
-        self._scaled_cache.clear()
-
-    def _scaled_photo(self, source: str, size: int) -> np.ndarray:
-        if (source, size) not in self._scaled_cache:
-            if source.startswith("pkg:"):
-                photo = load_packaged_photo(source.removeprefix("pkg:"))
-            else:
-                from .io import load_photo
-
-                photo = load_photo(source).rgb
-            self._scaled_cache[(source, size)] = scale_to_cover(photo, size)
-        return self._scaled_cache[(source, size)]
+        """Nothing to release: rendered scenes are cached per process (gen4gen.scenes)."""
 
     def background_for(self, scene_name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        """An upright scene (a top-down texture only ever as a receding floor) and its photo."""
         scene = self.scenes.get(scene_name) or next(iter(self.scenes.values()))
-        source = scene.photos[int(rng.integers(0, len(scene.photos)))]
-        background = seeded_crop(self._scaled_photo(source, size), size, rng)
-        if rng.random() < 0.5:
-            background = background[:, ::-1]
-        return np.ascontiguousarray(background), source
+        recipe = plan_ground(scene, size, rng)
+        return ground_scene(recipe, size).image, recipe["photo"]
 
     def repaint(self, requests: list[RepaintRequest]) -> list[tuple[np.ndarray, dict]]:
         results = []
         for request in requests:
+            method = self.config.harmonisation
+            if in_scene(request):
+                image = request.image
+                if method != "none":
+                    image = harmonise_in_scene(image, request.mask, request.instance_masks,
+                                               self.config.harmonisation_strength,
+                                               self.config.harmonisation_colour_strength)
+                results.append((image, {"background_photo": None, "harmonisation": f"{method} (local, in scene)"}))
+                continue
             rng = np.random.default_rng(request.seed)
             size = request.image.shape[0]
             background, source = self.background_for(request.scene, size, rng)
             masks = request.instance_masks or [request.mask >= 128]
             objects = request.image
-            method = self.config.harmonisation
             if method == "lab":
                 objects = harmonise_lab(objects, background, masks, self.config.harmonisation_strength)
             elif method == "poisson":
@@ -166,3 +150,50 @@ class SceneBankRepainter:
                 image[region] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
             results.append((image, {"background_photo": source, "harmonisation": method}))
         return results
+
+
+def harmonise_in_scene(image: np.ndarray, mask: np.ndarray, instance_masks: list[np.ndarray] | None,
+                       strength: float, colour_strength: float) -> np.ndarray:
+    """Each object of a composite standing in its scene harmonised towards the scene around it.
+
+    :func:`gen4gen.compositing.harmonise_local` on each object's box (its statistics from its
+    visible mask), blended back by the composite's soft alpha over the object's own pixels and
+    its anti-aliased edge (not over another object's).
+    """
+    import cv2
+
+    from .compositing import harmonise_local
+
+    masks = instance_masks or [mask >= 128]
+    if not masks or (strength <= 0 and colour_strength <= 0):
+        return image
+    height, width = mask.shape
+    out = image.copy()
+    kernel = np.ones((5, 5), np.uint8)
+    for k, visible in enumerate(masks):
+        x, y, w, h = cv2.boundingRect(visible.view(np.uint8))
+        if w * h == 0 or np.count_nonzero(visible[y:y + h, x:x + w]) < 16:
+            continue
+        box = (max(0, x - 2), max(0, y - 2), min(width, x + w + 2), min(height, y + h + 2))
+        region = (slice(box[1], box[3]), slice(box[0], box[2]))
+        own = visible[region]
+        others = np.zeros(own.shape, bool)
+        for j, other in enumerate(masks):
+            if j != k:
+                others |= other[region]
+        edge = (cv2.dilate(own.view(np.uint8), kernel) > 0) & ~others
+        harmonised = harmonise_local(image[region], own.astype(np.uint8) * 255, image, box, strength, colour_strength)
+        weight = mask[region].astype(np.float32) / 255.0 * edge
+        out[region] = cv2.blendLinear(harmonised, np.ascontiguousarray(image[region]), weight, 1.0 - weight)
+    return out
+
+
+def in_scene(request: RepaintRequest) -> bool:
+    """Whether the composite already stands in its scene: some pixel outside the objects is not black.
+
+    Objects on black are exactly black wherever their mask is 0, so any pixel there that is not
+    black shows a scene; one pixel in four is looked at (a scene black at all of those would be
+    drawn again, the one case told wrong).
+    """
+    peak = request.image[::2, ::2].max(axis=2)
+    return bool(np.any(peak[request.mask[::2, ::2] == 0]))

@@ -61,6 +61,7 @@ _PRIORS: dict[str, tuple[float, str]] = {
     "refrigerator": (1.8, "indoor"), "book": (0.24, "indoor"), "clock": (0.3, "indoor"), "vase": (0.3, "indoor"),
     "scissors": (0.18, "indoor"), "hair drier": (0.25, "indoor"), "toothbrush": (0.19, "indoor"),
     "candle": (0.15, "indoor"), "lamp": (0.5, "indoor"), "guitar": (1.0, "indoor"),
+    "gift box": (0.25, "indoor"), "present": (0.25, "indoor"), "box": (0.3, "any"),
 }
 
 SIZE_PRIORS: dict[str, float] = {name: size for name, (size, _) in _PRIORS.items()}
@@ -105,10 +106,11 @@ def class_setting(class_name: str) -> str:
 
 
 def size_ratios(class_names: list[str], config: LayoutConfig) -> list[float]:
-    """Relative sizes as the paper's LLM gives them: largest 1.0, others clamped to the range.
+    """Relative sizes: largest 1.0, others clamped to ``config.size_ratio_range``.
 
-    Unknown classes get ``config.default_size_ratio``; when no class is known there is no
-    reference to compare with, so all objects count as equally large (1.0).
+    The default range [0, 1] keeps the real-world ratios; [0.4, 1.0] is the paper's (its LLM
+    prompt asks for it). Unknown classes get ``config.default_size_ratio``; when no class is
+    known there is no reference to compare with, so all objects count as equally large (1.0).
     """
     low, high = config.size_ratio_range
     sizes = [real_world_size(name) for name in class_names]

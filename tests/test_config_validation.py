@@ -125,10 +125,16 @@ def test_every_problem_is_listed_at_once(clean_env, tmp_path):
     ("composition", "png_compress_level", "10", "must be in [0, 9]"),
     # ordered pairs and relations
     ("layout", "size_ratio_range", "[0.9, 0.4]", "the lower bound 0.9 is above the upper bound 0.4"),
+    ("layout", "size_ratio_range", "[0.0, 0.0]", "the upper bound must be above 0"),
+    ("layout", "min_camera_height", "0", "must be > 0"),
+    ("segmentation", "ghost_alpha", "0", "must be in [1, 255]"),
+    ("segmentation", "max_rectangularity", "1.5", "must be in [0, 1]"),
+    ("filter", "max_scale_contradiction", "0.5", "must be ≥ 1"),
     ("layout", "ground_band", "[0.97, 0.62]", "the lower bound 0.97 is above the upper bound 0.62"),
     ("layout", "largest_object_height", "[0.5, 1.2]", "must be in (0, 1]"),
     ("layout", "largest_object_height", "[0.5]", "must be a list of two values [low, high]"),
-    ("layout", "default_size_ratio", "0.2", "must lie within layout.size_ratio_range [0.4, 1.0]"),
+    ("layout", "default_size_ratio", "0.2\nsize_ratio_range = [0.4, 1.0]",
+     "must lie within layout.size_ratio_range [0.4, 1.0]"),
     ("input", "downscale_long_side", "32", "must be ≥ input.min_photo_side (64)"),
     # templates a stage formats
     ("caption", "concept_token", '"<new>"', "must contain the placeholder {index}"),

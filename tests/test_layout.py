@@ -1,10 +1,15 @@
-"""The rule-based layout planner: sizes, boxes, scenes, determinism and serialisation."""
+"""The rule-based layout planner: sizes, boxes, scenes, determinism and serialisation.
+
+Objects stand on the scene's floor by default (``placement = "floor"``, real-world size
+ratios); the ground-band planner with the paper's 0.4-1.0 ratios stays available (``BAND``).
+"""
 import itertools
 import json
 
 import pytest
 
 from gen4gen.config import LayoutConfig
+from gen4gen.ground_plane import depth_scale
 from gen4gen.io import derive_seed
 from gen4gen.layout import (
     SIZE_PRIORS, Layout, ObjectSpec, PlacedObject, min_box_area, plan_layouts, real_world_size,
@@ -13,7 +18,8 @@ from gen4gen.layout import (
 from gen4gen.scenes import BUILTIN_SCENES, SceneSpec
 
 SCENES = list(BUILTIN_SCENES)
-CONFIG = LayoutConfig()
+CONFIG = LayoutConfig()  # on the floor, real-world ratios
+BAND = LayoutConfig(placement="band", size_ratio_range=(0.4, 1.0))  # the ground band, the paper's ratios
 
 # Mixed classes and cut-out shapes: tall, square, wide.
 POOL = [
@@ -54,11 +60,11 @@ def _check_layout(layout, objects, config):
 @pytest.mark.parametrize("n_objects", [2, 3, 4, 5, 6])
 def test_boxes_meet_every_constraint(n_objects, canvas):
     objects = POOL[:n_objects]
-    layouts = plan_layouts("c", objects, 12, 7, canvas, CONFIG, SCENES)
+    layouts = plan_layouts("c", objects, 12, 7, canvas, BAND, SCENES)
     assert len(layouts) == 12
     for layout in layouts:
         assert layout.planner == "rule_based" and layout.canvas_size == canvas
-        _check_layout(layout, objects, CONFIG)
+        _check_layout(layout, objects, BAND)
 
 
 def test_constraints_hold_across_many_seeds_and_shapes():
@@ -66,27 +72,86 @@ def test_constraints_hold_across_many_seeds_and_shapes():
     aspects = [0.25, 0.6, 1.0, 1.7, 3.0, 0.9, 2.2]
     for n, canvas in itertools.product(range(1, 8), (512, 1024)):
         objects = [ObjectSpec(f"o{i}", classes[i], aspects[(i + n) % len(aspects)]) for i in range(n)]
-        for layout in plan_layouts(f"mix{n}", objects, 8, 3, canvas, CONFIG, SCENES):
-            _check_layout(layout, objects, CONFIG)
+        for layout in plan_layouts(f"mix{n}", objects, 8, 3, canvas, BAND, SCENES):
+            _check_layout(layout, objects, BAND)
+
+
+def _check_floor_layout(layout, objects):
+    """Every object stands on the floor; size follows depth and real-world size; the paper's boxes hold."""
+    canvas, ground = layout.canvas_size, layout.ground
+    assert [o.concept for o in layout.objects] == [o.concept for o in objects]
+    horizon, floor_top = ground["horizon_y"], ground["floor_top_y"]
+    for obj, spec in zip(layout.objects, objects):
+        x0, y0, x1, y1 = obj.box
+        p = obj.placement
+        assert 0 <= x0 < x1 <= canvas and 0 <= y0 < y1 <= canvas
+        assert (x1 - x0) * (y1 - y0) >= min_box_area(len(objects), canvas) - 1e-6
+        assert abs((x1 - x0) - (y1 - y0) * spec.aspect) <= 0.5 + 1e-9
+        assert p["base_y"] == y1 and floor_top < y1 <= canvas  # its base on the floor
+        assert p["depth_scale"] == pytest.approx(depth_scale(y1, horizon, canvas), abs=1e-6)
+        assert p["depth"] == pytest.approx(1 / p["depth_scale"], rel=1e-4)
+        assert abs((y1 - y0) - p["scale"] * p["height_m"]) <= 0.5 + 1e-9
+    # One camera: px per metre in proportion to the depth scale; higher base, smaller scale.
+    per_depth = [o.placement["scale"] / o.placement["depth_scale"] for o in layout.objects]
+    assert max(per_depth) == pytest.approx(min(per_depth), rel=1e-4)  # depth_scale has 6 decimals
+    for a, b in itertools.combinations(layout.objects, 2):
+        if a.placement["base_y"] != b.placement["base_y"]:
+            nearer, further = (a, b) if a.placement["base_y"] > b.placement["base_y"] else (b, a)
+            assert further.placement["scale"] < nearer.placement["scale"]
+        assert _overlap(a.box, b.box) <= CONFIG.max_overlap + 1e-9
+
+
+@pytest.mark.parametrize("canvas", [512, 1024])
+@pytest.mark.parametrize("n_objects", [2, 3, 4])
+def test_objects_stand_on_the_floor_at_real_world_sizes(n_objects, canvas):
+    objects = [ObjectSpec("dog", "dog", 1.3), ObjectSpec("pack", "red backpack", 0.8),
+               ObjectSpec("cat", "cat", 1.2), ObjectSpec("vase", "vase", 0.45)][:n_objects]
+    layouts = plan_layouts("c", objects, 12, 7, canvas, CONFIG, SCENES)
+    assert len(layouts) == 12 and not any(l.dropped for l in layouts)
+    for layout in layouts:
+        assert layout.ground["scene"] == layout.scene and layout.ground["light_direction"]
+        _check_floor_layout(layout, objects)
+        heights = [o.placement["height_m"] for o in layout.objects]
+        assert heights == pytest.approx([real_world_size(o.class_name) for o in objects])
+
+
+def test_a_layout_below_the_minimum_size_is_dropped_with_its_reason():
+    # A cup beside an astronaut cannot reach the paper's minimum box while the astronaut fits.
+    objects = [ObjectSpec("astronaut", "astronaut", 0.9), ObjectSpec("cup", "coffee cup", 1.1)]
+    layouts = plan_layouts("a+c", objects, 4, 0, 1024, CONFIG, SCENES)
+    assert [l.index for l in layouts] == [0, 1, 2, 3]
+    for layout in layouts:
+        assert layout.dropped and "minimum box size" in layout.dropped and layout.objects == []
+        assert Layout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
+    # With the paper's ratios the cup is drawn larger than it is, and a layout is found.
+    paper = LayoutConfig(size_ratio_range=(0.4, 1.0))
+    assert not any(l.dropped for l in plan_layouts("a+c", objects, 4, 0, 1024, paper, SCENES))
 
 
 def test_sizes_follow_real_world_sizes():
     objects = [ObjectSpec("cup", "coffee cup", 1.0), ObjectSpec("moto", "motorcycle", 1.4),
                ObjectSpec("dog", "dog", 1.2)]
-    for layout in plan_layouts("c", objects, 10, 0, 1024, CONFIG, SCENES):
+    for layout in plan_layouts("c", objects, 10, 0, 1024, BAND, SCENES):
         cup, moto, dog = layout.objects
         assert moto.size_ratio == 1.0
-        assert cup.size_ratio == CONFIG.size_ratio_range[0]  # 0.1 m / 1.1 m clamped up to 0.4
+        assert cup.size_ratio == BAND.size_ratio_range[0]  # 0.1 m / 1.1 m clamped up to 0.4
         height = {o.concept: o.box[3] - o.box[1] for o in layout.objects}
         assert height["moto"] > height["dog"] > height["cup"]
+    kept = [l for l in plan_layouts("c", objects, 10, 0, 1024, CONFIG, SCENES) if not l.dropped]
+    assert kept
+    for layout in kept:
+        cup, moto, dog = layout.objects
+        assert cup.size_ratio == pytest.approx(0.1 / 1.1, abs=1e-4)  # real-world, not clamped
+        _check_floor_layout(layout, objects)
 
 
-def test_size_ratios_clamped_and_unknown_default():
+def test_size_ratios_real_world_by_default_or_the_papers_range():
     ratios = size_ratios(["motorcycle", "cup", "dog", "zorblax"], CONFIG)
     assert ratios[0] == 1.0
-    assert ratios[1] == 0.4
+    assert ratios[1] == pytest.approx(0.1 / 1.1)
     assert ratios[2] == pytest.approx(0.6 / 1.1)
     assert ratios[3] == CONFIG.default_size_ratio
+    assert size_ratios(["motorcycle", "cup", "dog"], BAND) == [1.0, 0.4, pytest.approx(0.6 / 1.1)]
     # No known class: nothing to compare with, all equally large.
     assert size_ratios(["zorblax", "quux"], CONFIG) == [1.0, 1.0]
 
@@ -163,18 +228,23 @@ def test_shrinks_when_boxes_cannot_be_placed():
     config = LayoutConfig(max_overlap=0.0, ground_band=(0.96, 0.97), max_attempts=5)
     objects = [ObjectSpec(f"w{i}", "zorblax", 4.0) for i in range(3)]
     objects += [ObjectSpec(f"s{i}", "zorblax", 1.0) for i in range(2)]
-    layout, = plan_layouts("tight", objects, 1, 0, 512, config, SCENES)
+    # Seed 2: the seeded scene choice comes first, then a draw of sizes that does not fit at once.
+    layout, = plan_layouts("tight", objects, 1, 2, 512, config.model_copy(update={"placement": "band"}), SCENES)
     _check_layout(layout, objects, config)
     assert any("shrunk by 10%" in note for note in layout.notes)
 
 
 def test_impossible_requests_raise():
-    config = LayoutConfig(max_overlap=0.0, ground_band=(0.96, 0.97), max_attempts=5)
+    config = LayoutConfig(placement="band", max_overlap=0.0, ground_band=(0.96, 0.97), max_attempts=5)
     too_many_wide = [ObjectSpec(f"w{i}", "zorblax", 4.0) for i in range(5)]  # 5 x 128 px > 512
     with pytest.raises(ValueError, match="cannot place"):
         plan_layouts("wide", too_many_wide, 1, 0, 512, config, SCENES)
     with pytest.raises(ValueError, match="aspect"):  # a sliver cannot reach the minimum area
         plan_layouts("thin", [ObjectSpec("a", "cat", 0.01), ObjectSpec("b", "dog", 1.0)], 1, 0, 512,
-                     CONFIG, SCENES)
+                     BAND, SCENES)
+    # On the floor, the layout is dropped with the reason instead.
+    thin, = plan_layouts("thin", [ObjectSpec("a", "cat", 0.01), ObjectSpec("b", "dog", 1.0)], 1, 0, 512,
+                         CONFIG, SCENES)
+    assert thin.dropped and not thin.objects
     with pytest.raises(ValueError):
         plan_layouts("none", [], 1, 0, 512, CONFIG, SCENES)

@@ -145,7 +145,7 @@ def test_small_boxes_grow_to_the_papers_minimum_and_unknown_scenes_are_kept(scri
         {"name": "red_ball", "size_ratio": 1.0, "box": [10, 400, 40, 430]},
         {"name": "blue_box", "size_ratio": 0.2, "box": [300, 300, 400, 500]}]}
     script.replies.append(json.dumps(tiny))
-    layout = _plan(_planner(script, monkeypatch), canvas=512)
+    layout = _plan(_planner(script, monkeypatch, size_ratio_range=(0.4, 1.0)), canvas=512)  # the paper's range
     ball = layout.objects[0].box
     assert (ball[2] - ball[0]) * (ball[3] - ball[1]) >= (512 / 5) ** 2 - 512  # grown (rounding aside)
     assert 0 <= ball[0] and ball[2] <= 512 and ball[3] <= 512

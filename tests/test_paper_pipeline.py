@@ -56,6 +56,8 @@ api_key_env = "GEN4GEN_PIPELINE_KEY"
 timeout_s = 10
 [composition]
 canvas_size = 96
+[filter]
+photo_checks = false  # the random-weight IS-Net's masks touch the photos' frames: every image would be rejected
 [segmentation]
 isnet_checkpoint = "{paper_models.isnet_checkpoint(models).as_posix()}"
 input_size = 64

@@ -15,11 +15,13 @@ STALE_STAGING_S = 60.0
 
 
 def cmd_demo_data(args) -> int:
-    from ..demo_data import write_demo_concepts
+    from ..demo_data import demo_notes, write_demo_concepts
 
     config = load_config(args.config, **overrides(args))
     written = write_demo_concepts(config.paths.concepts)
     print(f"demo concepts in {config.paths.concepts} ({len(written)} photos written)")
+    for note in demo_notes():  # no installed package ships a whole one: the checks will turn these away
+        print(f"  note: {note}")
     return 0
 
 

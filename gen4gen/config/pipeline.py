@@ -133,7 +133,8 @@ PROFILES: dict[str, dict] = {
     # captions; CLIP ViT-L/14 and OWL-ViT for the CP-CLIP / TI-CLIP metrics and the screening.
     "paper": {
         "segmentation": {"backend": "isnet_torch"},
-        "layout": {"backend": "llm"},
+        # The paper's size ratios: the second object 0.4-1.0 of the largest (the embedded default keeps real ones).
+        "layout": {"backend": "llm", "size_ratio_range": [0.4, 1.0]},
         "recolour": {"backend": "sdxl"},
         "caption": {"backend": "vlm"},
         "clip": {"backend": "open_clip"},

@@ -107,6 +107,30 @@ class SegmentationConfig(Section):
     grabcut_iterations: Count = 5
     # An RGBA photo whose alpha has real transparency is used as its own mask.
     use_existing_alpha: bool = True
+    # Cut-out cleaning (gen4gen/cutout_quality.py): keep the object's body and what touches it,
+    # drop detached fragments and faint ghosts; each photo's measurements go into the manifest.
+    clean_cutouts: bool = True
+    # Alpha below this is "soft": the body's edge within a few pixels of it, a ghost further away.
+    ghost_alpha: Annotated[StrictInt, Field(ge=1, le=255)] = 96
+    # Solid parts within twice this many pixels of the body are attached (a handle, a tail).
+    attach_px: NonNegativeCount = 2
+    # A detached part with at least this share of the body's alpha mass is kept as a second part
+    # (judged by the `fragments` check); smaller ones are fragments, dropped.
+    min_part_fraction: Fraction = 0.2
+    # Recolour the cut-out's soft edge from the object's interior, so no fringe of the photo's
+    # background shows on a new scene (gen4gen/compositing.py decontaminate_edges).
+    decontaminate_edges: bool = True
+    # Cut-out checks (gen4gen/realism_checks.py), recorded per photo in the manifest; a photo
+    # failing one is reported once there, and the images using it are rejected with its code.
+    # truncated_source: the mask runs along more than this share of a border of its photo (a
+    # paw grazing the frame covers < 5%, a dog cut at the chest 20-60%).
+    max_frame_contact: Fraction = 0.10
+    # fragments: more than this many disconnected parts left after cleaning.
+    max_parts: Count = 1
+    # rectangular_cutout: the mask fills at least this share of its bounding box. Measured on
+    # IS-Net cut-outs: animals, bags, shoes, toys 0.3-0.83, the cat close-up of the demo 0.89,
+    # cans (exempt as box-like classes, like books) 0.92-0.94.
+    max_rectangularity: Fraction = 0.85
 
 
 class LayoutConfig(Section):
@@ -127,14 +151,35 @@ class LayoutConfig(Section):
     images_per_composition: Count = 6
     # Height of the largest object, as a fraction of the canvas height.
     largest_object_height: PositiveFractionRange = (0.42, 0.62)
-    # Size ratios (largest object 1.0) are clamped to this range, as the paper's prompt asks.
-    size_ratio_range: PositiveFractionRange = (0.4, 1.0)
+    # Size ratios (largest object 1.0, from the real-world size priors) are clamped to this range.
+    # [0.0, 1.0] (default): real-world ratios, a mug stays a tenth of a motorcycle. [0.4, 1.0]: the
+    # paper's range (its LLM prompt asks for it): small objects are drawn larger than they are,
+    # which the implausible_scale check then reports on the embedded scenes.
+    size_ratio_range: FractionRange = (0.0, 1.0)
     default_size_ratio: PositiveFraction = 0.6
-    # The bottom edge of each object stands in this vertical band (fractions of the height).
+    # floor: objects stand on the scene's floor, smaller the nearer their base is to the horizon
+    # (gen4gen/ground_plane.py); a layout in which an object would fall below the paper's
+    # minimum box is dropped with its reason. band: the bottom edges stand in ground_band, no
+    # perspective (the planner before ground-plane scenes).
+    placement: Literal["floor", "band"] = "floor"
+    # floor: the camera stands at least this many times the tallest object's height above the
+    # floor. Lower values let a small object come near the camera beside a large one (a cup
+    # before a motorcycle: with 0.5, 40% of the demo's layouts are dropped, with 0.1, 7%); much
+    # lower is an ant's-eye view. The height is drawn per image between this and what the sizes allow.
+    min_camera_height: PositiveFloat = 0.1
+    # band: the bottom edge of each object stands in this vertical band (fractions of the height).
     ground_band: FractionRange = (0.62, 0.97)
     # At most this fraction of the smaller of two boxes may be covered by the other.
     max_overlap: Fraction = 0.2
     max_attempts: Count = 400
+
+    @field_validator("size_ratio_range")
+    @classmethod
+    def _some_size(cls, value: tuple[float, float]) -> tuple[float, float]:
+        # The largest object's ratio is clamped to the upper bound: 0 would leave no object.
+        if value[1] <= 0:
+            raise ValueError("the upper bound must be above 0 (the largest object is 1.0 before clamping)")
+        return value
 
     @field_validator("default_size_ratio")
     @classmethod
@@ -155,6 +200,12 @@ class CompositionConfig(Section):
     max_shift_fraction: Annotated[StrictFloat, Field(ge=0.0, le=0.5)] = 0.01
     # PNG zlib level for intermediate images: 1 is several times faster than 6.
     png_compress_level: Annotated[StrictInt, Field(ge=0, le=9)] = 1
+    # On a ground-plane scene (gen4gen/compositing.py), per object: darkening at the core of its
+    # contact shadow (0: no shadow) ...
+    shadow_strength: Fraction = 0.45
+    # ... and at most this much Gaussian blur (px) to match a softer scene (noise is matched too).
+    # Its colour and brightness are harmonised by the recolouring stage ([recolour]).
+    max_blur_sigma: NonNegativeFloat = 1.2
 
 
 class RecolourConfig(Section):
@@ -198,9 +249,17 @@ class RecolourConfig(Section):
     # The paper's feathering: box blur of this radius, then intensity rescaled from [127.5, 255].
     feather_radius: NonNegativeCount = 5
     feather_low: Annotated[StrictFloat, Field(ge=0.0, lt=255.0)] = 127.5
+    # Objects on black (a layout without a ground): "lab" moves each object's LAB statistics
+    # towards the whole background's, "poisson" blends it in the gradient domain. Objects
+    # standing in their scene (the embedded default): "lab" and "poisson" harmonise each object
+    # locally, towards the scene in a ring around it (gen4gen/compositing.py harmonise_local).
     harmonisation: Literal["lab", "poisson", "none"] = "lab"
-    # 0 keeps the object's colours, 1 matches the background's LAB statistics fully.
+    # 0 keeps the object's colours, 1 matches the background's LAB statistics fully (in a
+    # scene: the lightness's mean and spread).
     harmonisation_strength: Fraction = 0.35
+    # In a scene, how far an object's colour (LAB a, b means) moves towards its surroundings: a
+    # small cast only, the object's colour is its identity.
+    harmonisation_colour_strength: Fraction = 0.15
     batch_size: Count = 4
 
     @field_validator("resolution")
@@ -243,6 +302,18 @@ class FilterConfig(Section):
     # Mask pixels / source photo pixels: a mask covering nearly the whole photo means the
     # segmentation kept the background (a box photographed head-on still passes).
     max_frame_fraction: Fraction = 0.97
+    # Reject images whose objects come from a photo with a cut-out finding (truncated_source,
+    # fragments, rectangular_cutout; thresholds in [segmentation], findings in its manifest).
+    photo_checks: bool = True
+    # Placement checks of the embedded ground-plane composites. None: on with the scene-bank
+    # repainter, off with a generative one (sdxl draws its own supports and ground); true or
+    # false: as set. implausible_scale: the objects' sizes, after depth, contradict the
+    # real-world size priors by more than max_scale_contradiction (a class varies by ~1.5x).
+    implausible_scale: bool | None = None
+    max_scale_contradiction: Annotated[StrictFloat, Field(ge=1.0)] = 2.0
+    # floating: an object's base lies more than floating_tolerance_px above the floor's top edge.
+    floating: bool | None = None
+    floating_tolerance_px: NonNegativeCount = 2
 
 
 class ReportConfig(Section):

@@ -101,11 +101,14 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     from ..versioning import stage_version
 
     data_versions: dict[str, str | None] = {}
+    photo_uses: dict[str, list[list[dict]]] = {}  # source photo -> its cut-out findings in each image using it
     for built in built_images(registry, config, problems):
         key, index, entry = built.composition, built.index, built.entry
+        for obj in entry["objects"]:
+            photo_uses.setdefault(obj["source_photo"], []).append(obj.get("photo_findings", []))
         if key not in data_versions:  # the DVC version of the recoloured images this row ships
             data_versions[key] = stage_version(config, "recoloured", key)
-        outcome = check_image(entry["objects"], config.filter)
+        outcome = check_image(entry["objects"], config.filter, config.recolour.backend)
         source = paths.recoloured(key) / built.recoloured["image"]
         caption = built.caption
         image_id = built.image_id
@@ -151,6 +154,7 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     records.append(listing(out_dir / "metadata.jsonl", metadata_sha, [(Path(r.path), r.sha256) for r in records]))
     records.append(ArtifactRecord(str(out_dir / "rejected.jsonl"), rejected_sha, rejected_parents))
     stats = {"accepted": len(accepted), "rejected": len(rejected), "problems": problems,
+             "photo_findings": _photo_findings(photo_uses),
              "compositions": len(registry["compositions"]),
              "composition_keys": sorted(c["key"] for c in registry["compositions"]),
              "left_out": dict(sorted((left_out or {}).items())),
@@ -158,6 +162,14 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
                               "class_name": c.class_name, "name": c.name} for k, c in lookup.items()}}
     records.append(ArtifactRecord(str(out_dir / "stats.json"), write_json(out_dir / "stats.json", stats)))
     return StageResult(stats, written, problems, [], time.perf_counter() - start, records)
+
+
+def _photo_findings(uses: dict[str, list[list[dict]]]) -> list[dict]:
+    """The photos that fail a cut-out check in every image using them, one record per photo and code."""
+    from ..realism_checks import Finding, photo_findings
+
+    return [{"photo": photo, **finding.to_dict()} for photo, found in sorted(uses.items())
+            for finding in photo_findings(photo, [[Finding(**f) for f in use] for use in found])]
 
 
 def _write_jsonl(path: Path, rows: list[dict], written: list[Path]) -> str:

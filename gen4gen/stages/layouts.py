@@ -32,7 +32,7 @@ def plan_composition(composition: str, registry: dict, config: PipelineConfig, p
         if not manifest["photos"]:
             raise StageInputError(f"concept {key!r} has no usable segmented photo (see its manifest problems)")
         segmented[key] = manifest
-    images, records = [], []
+    images, records, dropped, warnings = [], [], [], []
     out_dir = out_dir or paths.layouts(composition)
     for index in range(config.layout.images_per_composition):
         picks = {}
@@ -48,14 +48,20 @@ def plan_composition(composition: str, registry: dict, config: PipelineConfig, p
         # One layout per call, so each image's photo choice sets its objects' aspects.
         layout = planner.plan(composition, objects, 1, config.seed, config.composition.canvas_size, scenes,
                               first_index=index)[0]
+        if getattr(layout, "dropped", None) or not layout.objects:
+            # The layout, not an object: the composition keeps its key and captions whole.
+            reason = getattr(layout, "dropped", None) or "; ".join(layout.notes) or "no object placed"
+            dropped.append({"index": index, "reason": reason})
+            warnings.append(f"{composition} image {index:03d} left out: {reason}")
+            continue
         record = layout.to_dict()
         record["photos"] = picks
         record["file"] = f"{index:03d}.json"
         records.append(ArtifactRecord(str(out_dir / record["file"]), write_json(out_dir / record["file"], record), cutouts))
         images.append(record)
-    document = {"composition": composition, "planner": planner.name, "images": images,
+    document = {"composition": composition, "planner": planner.name, "images": images, "dropped": dropped,
                 "concept_versions": {k: segmented[k]["data_version"] for k in members}}
     remove_stale_files(out_dir, {r["file"] for r in images} | {MANIFEST})
     sha = write_json(out_dir / MANIFEST, document)
     records.append(listing(out_dir / MANIFEST, sha, [(Path(r.path), r.sha256) for r in records]))
-    return StageResult(document, [Path(r.path) for r in records], [], [], time.perf_counter() - start, records)
+    return StageResult(document, [Path(r.path) for r in records], [], warnings, time.perf_counter() - start, records)

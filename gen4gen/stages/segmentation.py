@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 
 from ..concepts import ConceptRecord
 from ..config import PipelineConfig
@@ -53,12 +54,15 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
     A photo that cannot be used is listed once, with its reason, in the manifest's problems. When
     none can be used, the manifest is still written, then ConceptSegmentationFailed is raised. The
     manifest names each source photo relative to the concepts folder, as the catalogue does.
+    Each cut-out is cleaned (fragments and ghosts dropped, edges decontaminated) and measured; a
+    photo failing a cut-out check fails in every image using it, so the manifest's
+    ``photo_findings`` reports it once, with the advice to choose another photo.
     """
-    from ..segmentation import make_cutout, mask_bbox
+    from ..realism_checks import photo_report
 
     start = time.perf_counter()
     level = config.composition.png_compress_level
-    entries, problems, written, notes, records = [], [], [], [], []
+    entries, problems, written, notes, records, photo_reports = [], [], [], [], [], []
     root = concepts_root(config.paths.concepts)
     if segmenter.fallback_warning:
         notes.append(segmenter.fallback_warning)
@@ -88,27 +92,67 @@ def segment_concept(concept: ConceptRecord, segmenter, out_dir: Path, config: Pi
             problems.append({"path": exc.path, "reason": exc.reason})
             continue
         notes.extend(loaded.warnings + result.warnings)
-        x0, y0, x1, y1 = box = mask_bbox(result.mask)
-        cutout = make_cutout(loaded.rgb, result.alpha)[y0:y1, x0:x1]
+        try:
+            cutout, full_mask, box, quality, findings = _finish_cutout(photo_file, loaded.rgb, result, concept,
+                                                                       config)
+        except BadInput as exc:
+            problems.append({"path": exc.path, "reason": exc.reason})
+            continue
+        x0, y0, x1, y1 = box
         cut = write_png(out_dir / f"{photo.stem}.png", cutout, level, written)
-        mask = write_png(out_dir / f"{photo.stem}_mask.png", result.mask, level, written)
+        mask = write_png(out_dir / f"{photo.stem}_mask.png", full_mask, level, written)
         source = [(str(photo_file), photo.sha256, "source_photo")]
         records += [ArtifactRecord(str(out_dir / cut["file"]), cut["sha256"], source),
                     ArtifactRecord(str(out_dir / mask["file"]), mask["sha256"], source)]
-        height, width = result.mask.shape
+        height, width = full_mask.shape
         entries.append({
             "stem": photo.stem, "source_photo": root.relative(photo_file), "source_sha256": photo.sha256,
             "cutout": cut["file"], "cutout_sha256": cut["sha256"], "mask": mask["file"], "mask_sha256": mask["sha256"],
             "backend": result.backend, "rounds_run": result.rounds_run, "bbox": list(box),
             "aspect": round((x1 - x0) / (y1 - y0), 5),
-            "mask_fraction": round(float((result.mask > 0).sum()) / (width * height), 5),
+            "mask_fraction": round(float((full_mask > 0).sum()) / (width * height), 5),
+            "quality": quality.to_dict(), "findings": [f.to_dict() for f in findings],
         })
+        reported = photo_report(root.relative(photo_file), findings)
+        photo_reports += reported
+        notes += [r["message"] for r in reported]
     remove_stale_files(out_dir, {f for e in entries for f in (e["cutout"], e["mask"])} | {MANIFEST})
     manifest = {"concept": concept.key, "class_name": concept.class_name, "data_version": concept.data_version,
-                "segmenter": segmenter.identity(), "photos": entries, "problems": problems}
+                "segmenter": segmenter.identity(), "photos": entries, "problems": problems,
+                "photo_findings": photo_reports}
     sha = write_json(out_dir / MANIFEST, manifest)
     records.append(listing(out_dir / MANIFEST, sha, [(Path(r.path), r.sha256) for r in records]))
     result = StageResult(manifest, written, problems, notes, time.perf_counter() - start, records)
     if not entries:
         raise ConceptSegmentationFailed(concept, result, config.paths.concepts / concept.name)
     return result
+
+
+def _finish_cutout(photo_file: Path, rgb: np.ndarray, result, concept: ConceptRecord, config: PipelineConfig):
+    """(RGBA cut-out cropped to the object, full-frame mask, its box, CutoutQuality, cut-out findings).
+
+    Cleaning keeps the object's body and what touches it; the mask loses what the alpha lost.
+    Edges are decontaminated on the cropped cut-out, once per photo.
+    """
+    from ..compositing import decontaminate_edges
+    from ..cutout_quality import clean_cutout, measure_cutout
+    from ..realism_checks import RealismThresholds, cutout_findings
+    from ..segmentation import make_cutout, mask_bbox
+
+    seg = config.segmentation
+    options = (seg.ghost_alpha, seg.attach_px, None, seg.min_part_fraction)
+    if seg.clean_cutouts:
+        alpha, quality = clean_cutout(result.alpha, *options)
+        mask = np.where(alpha > 0, result.mask, 0).astype(np.uint8)
+    else:
+        alpha, mask, quality = result.alpha, result.mask, measure_cutout(result.alpha, *options)
+    box = mask_bbox(mask)
+    if box is None:
+        raise BadInput(photo_file, f"segmentation ({result.backend}) left no object after cleaning its cut-out")
+    x0, y0, x1, y1 = box
+    crop_rgb, crop_alpha = rgb[y0:y1, x0:x1], alpha[y0:y1, x0:x1]
+    if seg.decontaminate_edges:
+        crop_rgb = decontaminate_edges(crop_rgb, np.ascontiguousarray(crop_alpha))
+    thresholds = RealismThresholds.from_config(seg, config.filter)
+    return (make_cutout(crop_rgb, crop_alpha), mask, box, quality,
+            cutout_findings(quality, concept.class_name, thresholds))
