@@ -13,7 +13,7 @@ endif
 # step per GPU at a time. Defaults to the number of GPUs nvidia-smi lists (1 without any).
 GPU_COUNT ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$${n:-0}" -gt 0 ] && echo $$n || echo 1)
 
-.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench bench-dvc bench-memory bench-publish bench-cluster bench-personalise ray-demo lock clean
+.PHONY: setup setup-paper weights dvc-env dvc-setup demo test ui bench before-after bench-dvc bench-memory bench-publish bench-cluster bench-personalise ray-demo lock clean
 
 # The embedded default needs no deep-learning framework; the paper's models (and the tests of
 # their loading code) need the `paper` extra: torch, diffusers, transformers, open_clip.
@@ -113,6 +113,10 @@ bench: setup weights
 	$(BIN)/python bench/bench_stages.py
 
 # Peak memory (RSS) of `make demo`'s materialisation, whole process tree (--help for options).
+# The README's before/after pair: one demo image composed the old way and the current way.
+before-after: setup weights
+	$(BIN)/python -m gen4gen.before_after --out docs/before_after.jpg
+
 bench-memory: setup weights
 	$(BIN)/python bench/bench_memory.py
 

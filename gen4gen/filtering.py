@@ -20,6 +20,9 @@ class CheckOutcome:
     # one per reason: occluded, truncated, too_small, degenerate_mask, truncated_source, fragments,
     # rectangular_cutout, implausible_scale, floating
     codes: list[str] = field(default_factory=list)
+    # What a check that is switched off would have said (``code: reason``): kept on an accepted
+    # image's row and label, so a person looking at it knows what to look for.
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_image(objects: list[dict], config, repaint_backend: str = "scene_bank") -> CheckOutcome:
@@ -57,10 +60,14 @@ def check_image(objects: list[dict], config, repaint_backend: str = "scene_bank"
             reasons.append(f"{name}: degenerate mask, it covers {stats['frame_fraction']:.0%} of its photo, "
                            f"so the background was kept (max_frame_fraction {config.max_frame_fraction:.0%})")
             codes.append("degenerate_mask")
-    for code, reason in realism_findings(objects, config, repaint_backend):
-        reasons.append(reason)
-        codes.append(code)
-    return CheckOutcome(not reasons, reasons, scores, codes)
+    warnings: list[str] = []
+    for code, reason, enforced in realism_findings(objects, config, repaint_backend):
+        if enforced:
+            reasons.append(reason)
+            codes.append(code)
+        else:
+            warnings.append(f"{code}: {reason}")
+    return CheckOutcome(not reasons, reasons, scores, codes, warnings)
 
 
 def placement_checks_on(setting: bool | None, repaint_backend: str) -> bool:
@@ -68,33 +75,32 @@ def placement_checks_on(setting: bool | None, repaint_backend: str) -> bool:
     return repaint_backend == "scene_bank" if setting is None else setting
 
 
-def realism_findings(objects: list[dict], config, repaint_backend: str) -> list[tuple[str, str]]:
-    """(code, reason) for each realism finding of one image's objects."""
+def realism_findings(objects: list[dict], config, repaint_backend: str) -> list[tuple[str, str, bool]]:
+    """(code, reason, enforced) for each realism finding of one image's objects; a finding of a
+    check that is switched off is returned with ``enforced`` false (a warning, not a rejection)."""
     from .realism_checks import DEFAULT_THRESHOLDS, floating, implausible_scale
     from .size_priors import real_world_size
 
     found = []
-    if config.photo_checks:
-        for obj in objects:
-            photo = PurePath(obj.get("source_photo", "")).name
-            for finding in obj.get("photo_findings", []):
-                detail = finding["detail"].removeprefix(f"{obj['class_name']}: ")
-                found.append((finding["code"], f"{obj['concept']} (photo {photo}): {detail}"))
+    for obj in objects:
+        photo = PurePath(obj.get("source_photo", "")).name
+        for finding in obj.get("photo_findings", []):
+            detail = finding["detail"].removeprefix(f"{obj['class_name']}: ")
+            found.append((finding["code"], f"{obj['concept']} (photo {photo}): {detail}", bool(config.photo_checks)))
     thresholds = dataclasses.replace(DEFAULT_THRESHOLDS, max_scale_contradiction=config.max_scale_contradiction,
                                      floating_tolerance_px=config.floating_tolerance_px)
     standing = [o for o in objects if o.get("ground")]
-    if placement_checks_on(config.floating, repaint_backend):
-        for obj in standing:
-            x0, _, x1, _ = obj["pasted_box"]
-            base = obj["ground"]["base_y"]
-            finding = floating((x0, base - 1, x1, base), obj["ground"]["floor_top_y"], class_name=obj["concept"],
-                               thresholds=thresholds)
-            if finding:
-                found.append((finding.code, finding.detail))
-    if placement_checks_on(config.implausible_scale, repaint_backend):
-        observations = [(o["concept"], o["ground"]["height_px"], real_world_size(o["class_name"]),
-                         o["ground"]["depth_scale"]) for o in standing if o["ground"]["depth_scale"]]
-        finding = implausible_scale(observations, thresholds)
+    enforced = placement_checks_on(config.floating, repaint_backend)
+    for obj in standing:
+        x0, _, x1, _ = obj["pasted_box"]
+        base = obj["ground"]["base_y"]
+        finding = floating((x0, base - 1, x1, base), obj["ground"]["floor_top_y"], class_name=obj["concept"],
+                           thresholds=thresholds)
         if finding:
-            found.append((finding.code, finding.detail))
+            found.append((finding.code, finding.detail, enforced))
+    observations = [(o["concept"], o["ground"]["height_px"], real_world_size(o["class_name"]),
+                     o["ground"]["depth_scale"]) for o in standing if o["ground"]["depth_scale"]]
+    finding = implausible_scale(observations, thresholds)
+    if finding:
+        found.append((finding.code, finding.detail, placement_checks_on(config.implausible_scale, repaint_backend)))
     return found

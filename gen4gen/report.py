@@ -12,7 +12,8 @@ from PIL import Image
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from .report_models import comparison_figures, comparison_html, comparison_markdown
-from .thumbnails import cached_thumbnails, thumbnail_grid
+from .report_plots import SET_TITLES, dataset_figure, metric_value, metrics_figure, render
+from .report_sheets import accepted_cells, labelled_sheet, one_of_each_reason_first, rejected_cells
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -26,8 +27,12 @@ def dataset_statistics(accepted: list[dict], rejected: list[dict]) -> dict:
     """Counts and distributions over accepted and rejected images (no pixels needed)."""
     per_composition: dict[str, dict] = {}
     for row, verdict in [(r, "accepted") for r in accepted] + [(r, "rejected") for r in rejected]:
-        entry = per_composition.setdefault(row["composition"], {"accepted": 0, "rejected": 0})
+        entry = per_composition.setdefault(row["composition"], {"accepted": 0, "rejected": 0, "reasons": {}})
         entry[verdict] += 1
+        for code in dict.fromkeys(row.get("reason_codes", []) if verdict == "rejected" else []):
+            entry["reasons"][code] = entry["reasons"].get(code, 0) + 1
+    for entry in per_composition.values():
+        entry["reasons"] = dict(sorted(entry["reasons"].items()))
     total = len(accepted) + len(rejected)
     reason_counts = Counter(code for row in rejected for code in set(row.get("reason_codes", [])))
     scales = [c["checks"]["area_fraction"] for row in accepted for c in row["concepts"]]
@@ -55,53 +60,57 @@ def dataset_statistics(accepted: list[dict], rejected: list[dict]) -> dict:
     }
 
 
-PLOTTED_COMPOSITIONS = 40  # a bar per composition stops being readable beyond this
+ACCEPTED_LABEL_LINES = 4  # composition, scene and room for a warning
+REJECTED_LABEL_LINES = 7  # id, scene, codes and the reasons
 
 
-def _plots(stats: dict, accepted: list[dict]) -> bytes:
-    # The object API without pyplot: no global state, and cheaper to import and render.
-    from matplotlib.figure import Figure
+def _reasons_text(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{code} ×{n}" for code, n in reasons.items()) or "–"
 
-    figure = Figure(figsize=(10, 7), dpi=80)
-    axes = figure.subplots(2, 2)
-    per_comp = stats["images_per_composition"]
-    names = list(per_comp)[:PLOTTED_COMPOSITIONS]
-    axes[0, 0].barh(names, [per_comp[n]["accepted"] for n in names], label="accepted", color="tab:green")
-    axes[0, 0].barh(names, [per_comp[n]["rejected"] for n in names], left=[per_comp[n]["accepted"] for n in names],
-                    label="rejected", color="tab:red")
-    axes[0, 0].set_title("images per composition" + (f" (first {len(names)} of {len(per_comp)})"
-                                                       if len(names) < len(per_comp) else ""))
-    axes[0, 0].legend(fontsize=7)
-    axes[0, 0].tick_params(axis="y", labelsize=6)
-    cpi = stats["concepts_per_image"]
-    axes[0, 1].bar([str(k) for k in cpi], list(cpi.values()), color="tab:blue")
-    axes[0, 1].set_title("concepts per image")
-    scales = [c["checks"]["area_fraction"] for row in accepted for c in row["concepts"]]
-    axes[1, 0].hist(scales, bins=10, color="tab:purple")
-    axes[1, 0].set_title("object scale (visible area / canvas)")
-    words = [len(row["captions"]["detailed"].split()) for row in accepted]
-    axes[1, 1].hist(words, bins=10, color="tab:orange")
-    axes[1, 1].set_title("caption length (words)")
-    # Fixed margins: tight_layout measures every label and costs as much as the drawing.
-    figure.subplots_adjust(left=0.24, right=0.98, top=0.95, bottom=0.07, hspace=0.35, wspace=0.25)
-    buffer = io.BytesIO()
-    # Fixed metadata keeps the bytes identical between runs.
-    figure.savefig(buffer, format="png", metadata={"Software": None}, pil_kwargs={"compress_level": 1})
-    return buffer.getvalue()
+
+def composition_rows(stats: dict) -> list[tuple[str, int, int, str, str]]:
+    """Per composition: accepted, rejected, rejection codes with counts, and layouts dropped (with why)."""
+    dropped = stats.get("dropped_layouts", {})
+    rows = []
+    for key in sorted(set(stats["images_per_composition"]) | set(dropped)):
+        entry = stats["images_per_composition"].get(key, {"accepted": 0, "rejected": 0, "reasons": {}})
+        lost = dropped.get(key, [])
+        rows.append((key, entry["accepted"], entry["rejected"], _reasons_text(entry.get("reasons", {})),
+                     "; ".join(f"image {d['index']:03d}: {d['reason']}" for d in lost) or "–"))
+    return rows
+
+
+COMPOSITION_COLUMNS = ("composition", "accepted", "rejected", "rejection reasons", "layouts dropped")
 
 
 def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None, figures: list[str] = ()) -> str:
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
     lines = ["# MyCanvas dataset report", "",
              f"- images built: {stats['images']}, accepted: {stats['accepted']}, rejected: {stats['rejected']}"
              f" (pass rate {stats['pass_rate'] if stats['pass_rate'] is not None else 'n/a'})",
-             f"- rejection reasons: {stats['rejection_reasons'] or 'none'}",
+             f"- rejection reasons: {_reasons_text(stats['rejection_reasons']) if stats['rejection_reasons'] else 'none'}",
+             f"- layouts dropped: {sum(len(v) for v in stats.get('dropped_layouts', {}).values())}",
              f"- concepts per image: {stats['concepts_per_image']}",
              f"- scenes: {stats['scenes']}",
              f"- mean object scale: {stats['object_scale']['mean']}",
-             f"- caption words: {stats['caption_words']}", "",
-             "| composition | accepted | rejected |", "|---|---|---|"]
-    lines += [f"| {k} | {v['accepted']} | {v['rejected']} |" for k, v in stats["images_per_composition"].items()]
-    lines += ["", "![contact sheet](contact_sheet.png)", "", "![plots](plots.png)", ""]
+             f"- caption words: {stats['caption_words']}", ""]
+    if stats.get("photos_to_replace"):
+        lines += ["## Photos to replace", "",
+                  "Every image using these photos was rejected: the fix is the input, not the pipeline.", ""]
+        lines += [f"- `{f['photo']}` ({f['code']}): {f['detail'].removeprefix(f['photo'] + ': ')}" for f in stats["photos_to_replace"]] + [""]
+    lines += ["## Compositions", "", "| " + " | ".join(COMPOSITION_COLUMNS) + " |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in composition_rows(stats)]
+    lines += ["", "Accepted images (composition, scene and warnings under each):", "",
+              "![contact sheet](contact_sheet.png)", ""]
+    if stats["rejected"]:
+        shown = len(stats.get("sheets", {}).get("rejected_sheet.png", []))
+        lines += [f"Rejected images ({shown} of {stats['rejected']}, each kind of reason first; all in rejected.jsonl):",
+                  "", "![rejected images](rejected_sheet.png)", ""]
+    lines += ["![plots](plots.png)", ""]
+    if stats.get("report_problems"):
+        lines += ["## Report problems", ""] + [f"- `{p['path']}`: {p['reason']}" for p in stats["report_problems"]] + [""]
     lines += _metrics_markdown(evaluation)
     lines += comparison_markdown(evaluation, figures)
     if notes:
@@ -110,8 +119,12 @@ def _markdown(stats: dict, notes: list[str], evaluation: dict | None = None, fig
 
 
 def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | None = None,
-                 thumbnail_cache: Path | None = None) -> dict:
-    """Write report.json, report.md, report.html, contact_sheet.png, plots.png (and metrics.png); returns the statistics.
+                 thumbnail_cache: Path | None = None, data_dir: Path | None = None) -> dict:
+    """Write report.json, report.md, report.html, contact_sheet.png, rejected_sheet.png, plots.png
+    (and metrics.png); returns the statistics.
+
+    ``data_dir``: the data folder that rejected images are named relative to (rejected.jsonl's
+    ``source_image``); by default the export folder's parent.
 
     ``evaluation`` is :func:`gen4gen.evaluation.run_evaluation`'s result; without it, the report
     states that the CLIP-based metrics were not computed because no backend is configured.
@@ -127,19 +140,29 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
     notes = list(evaluation["not_computed"]) if evaluation is not None else _default_not_computed()
     stats["not_computed"] = notes
     stats["evaluation"] = evaluation  # metrics over MyCanvas and generated images (None: not run)
-    shown = accepted[:config.contact_sheet_max_images]
-    thumbs = cached_thumbnails([(mycanvas_dir / r["file_name"], r["image_sha256"]) for r in shown],
-                               thumbnail_cache or out_dir / ".thumbnails", config.contact_sheet_thumb)
-    sheet = thumbnail_grid(thumbs, config.contact_sheet_thumb, config.contact_sheet_columns)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", compress_level=1)  # level 6 takes ~5x longer for a few % smaller
+    stats["photos_to_replace"] = export_stats.get("photo_findings", [])
+    stats["dropped_layouts"] = export_stats.get("dropped_layouts", {})
+    stats["report_problems"] = []
+    cache = thumbnail_cache or out_dir / ".thumbnails"
+    thumb, columns = config.contact_sheet_thumb, config.contact_sheet_columns
+    sheet = labelled_sheet(accepted_cells(accepted[:config.contact_sheet_max_images], mycanvas_dir, cache, thumb),
+                           thumb, columns, ACCEPTED_LABEL_LINES)
+    shown_rejected = one_of_each_reason_first(rejected, config.rejected_sheet_max_images)
+    rejected_sheet = labelled_sheet(
+        rejected_cells(shown_rejected, data_dir or mycanvas_dir.parent, cache, thumb, stats["report_problems"]),
+        thumb, columns, REJECTED_LABEL_LINES)
+    stats["sheets"] = {"contact_sheet.png": sheet.cells, "rejected_sheet.png": rejected_sheet.cells}
+    buffer, rejected_buffer = io.BytesIO(), io.BytesIO()
+    sheet.image.save(buffer, format="PNG", compress_level=1)  # level 6 takes ~5x longer for a few % smaller
+    rejected_sheet.image.save(rejected_buffer, format="PNG", compress_level=1)
     files = {
         "contact_sheet.png": buffer.getvalue(),
-        "plots.png": _plots(stats, accepted),
+        "rejected_sheet.png": rejected_buffer.getvalue(),
+        "plots.png": render(dataset_figure(stats, accepted)),
     }
     figures = comparison_figures(evaluation)  # trained models' samples side by side, one figure per prompt
     files.update(figures)
-    metrics_plot = _metrics_plot(evaluation) if evaluation and evaluation.get("sets") else None
+    metrics_plot = render(metrics_figure(evaluation)) if evaluation and evaluation.get("sets") else None
     if metrics_plot is not None:
         files["metrics.png"] = metrics_plot
     elif (out_dir / "metrics.png").is_file():
@@ -154,7 +177,6 @@ def write_report(mycanvas_dir: Path, out_dir: Path, config, evaluation: dict | N
 
 
 # ------------------------------------------------------------------ metrics
-_SET_TITLES = {"mycanvas": "MyCanvas", "generated": "Generated images"}
 _METRIC_COLUMNS = [("images", "images"), ("CP-CLIP", "cp_clip"), ("detection rate", "detection_rate"),
                    ("personalisation", "personalisation"), ("TI-CLIP train", ("ti_clip", "train")),
                    ("TI-CLIP held-out", ("ti_clip", "held_out")), ("TI-CLIP gap", ("ti_clip", "gap")),
@@ -166,12 +188,6 @@ def _default_not_computed() -> list[str]:
     from .evaluation import not_computed
 
     return not_computed(PipelineConfig(), None, None, None)
-
-
-def _value(summary: dict, key):
-    if isinstance(key, tuple):
-        return summary[key[0]][key[1]]
-    return summary[key]
 
 
 def _fmt(value) -> str:
@@ -205,50 +221,13 @@ def _metrics_markdown(evaluation: dict | None) -> list[str]:
     header = "| set | group | " + " | ".join(c for c, _ in _METRIC_COLUMNS) + " |"
     lines += [header, "|" + "---|" * (len(_METRIC_COLUMNS) + 2)]
     for name, group, summary in _metric_rows(evaluation):
-        lines.append(f"| {_SET_TITLES.get(name, name)} | {group} | "
-                     + " | ".join(_fmt(_value(summary, key)) for _, key in _METRIC_COLUMNS) + " |")
+        lines.append(f"| {SET_TITLES.get(name, name)} | {group} | "
+                     + " | ".join(_fmt(metric_value(summary, key)) for _, key in _METRIC_COLUMNS) + " |")
     lines += ["", "![metrics](metrics.png)", ""]
     if evaluation.get("problems"):
         lines += ["### Evaluation problems", ""] + [f"- `{p['path']}`: {p['reason']}" for p in evaluation["problems"]]
         lines.append("")
     return lines
-
-
-def _metrics_plot(evaluation: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = list(evaluation["sets"].items())
-    figure, axes = plt.subplots(len(sets), 2, figsize=(12, 3.8 * len(sets)), dpi=80, squeeze=False)
-    measures = [("CP-CLIP", "cp_clip"), ("detection rate", "detection_rate"), ("personalisation", "personalisation"),
-                ("TI-CLIP train", ("ti_clip", "train")), ("CLIP-I", "clip_i")]
-    for row, (name, result) in enumerate(sets):
-        title = _SET_TITLES.get(name, name)
-        groups = result["breakdowns"]["by_concept_count"]
-        labels = list(groups)
-        width = 0.8 / len(measures)
-        ax = axes[row, 0]
-        for m, (label, key) in enumerate(measures):
-            values = [_value(groups[g], key) for g in labels]
-            ax.bar([i + m * width for i in range(len(labels))], [v if v is not None else 0.0 for v in values],
-                   width, label=label)
-        ax.set_xticks([i + width * (len(measures) - 1) / 2 for i in range(len(labels))], [f"{g} concepts" for g in labels])
-        ax.set_title(f"{title}: by number of concepts per image")
-        ax.legend(fontsize=7)
-        comps = result["breakdowns"]["by_composition"]
-        names = list(comps)
-        key = "cp_clip" if result["summary"]["cp_clip"] is not None else ("ti_clip", "train")
-        label = "CP-CLIP" if key == "cp_clip" else "TI-CLIP (train)"
-        axes[row, 1].barh(names, [(_value(comps[n], key) or 0.0) for n in names], color="tab:purple")
-        axes[row, 1].set_title(f"{title}: {label} by composition")
-        axes[row, 1].tick_params(axis="y", labelsize=6)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def _thumb_uri(path: str, side: int) -> str | None:
@@ -277,8 +256,29 @@ def _html(stats: dict, notes: list[str], evaluation: dict | None, figures: list[
              ".miss{color:#b00}</style></head><body><h1>MyCanvas dataset report</h1><ul>",
              f"<li>images built: {stats['images']}, accepted: {stats['accepted']}, rejected: {stats['rejected']}</li>",
              f"<li>rejection reasons: {esc(json.dumps(stats['rejection_reasons']))}</li>",
-             f"<li>concepts per image: {esc(json.dumps(stats['concepts_per_image']))}</li></ul>",
-             "<img src='contact_sheet.png' alt='contact sheet'><br><img src='plots.png' alt='plots'>"]
+             f"<li>layouts dropped: {sum(len(v) for v in stats.get('dropped_layouts', {}).values())}</li>",
+             f"<li>concepts per image: {esc(json.dumps(stats['concepts_per_image']))}</li></ul>"]
+    if stats.get("photos_to_replace"):
+        parts.append("<h2>Photos to replace</h2><p>Every image using these photos was rejected: the fix is the "
+                     "input, not the pipeline.</p><ul>" + "".join(
+                         f"<li><code>{esc(f['photo'])}</code> ({esc(f['code'])}): {esc(f['detail'])}</li>"
+                         for f in stats["photos_to_replace"]) + "</ul>")
+    parts.append("<h2>Compositions</h2><table><tr>" + "".join(
+        f"<th class='l'>{esc(c)}</th>" if i in (0, 3, 4) else f"<th>{esc(c)}</th>"
+        for i, c in enumerate(COMPOSITION_COLUMNS)) + "</tr>")
+    for row in composition_rows(stats):
+        parts.append("<tr>" + "".join(f"<td class='l'>{esc(str(v))}</td>" if i in (0, 3, 4) else f"<td>{v}</td>"
+                                      for i, v in enumerate(row)) + "</tr>")
+    parts.append("</table><h2>Accepted images</h2><p>Composition, scene and warnings under each image.</p>"
+                 "<img src='contact_sheet.png' alt='contact sheet'>")
+    if stats["rejected"]:
+        shown = len(stats.get("sheets", {}).get("rejected_sheet.png", []))
+        parts.append(f"<h2>Rejected images</h2><p>{shown} of {stats['rejected']}, each kind of reason first; "
+                     "all in rejected.jsonl.</p><img src='rejected_sheet.png' alt='rejected images'>")
+    parts.append("<h2>Plots</h2><img src='plots.png' alt='plots'>")
+    if stats.get("report_problems"):
+        parts.append("<h2>Report problems</h2><ul>" + "".join(
+            f"<li><code>{esc(p['path'])}</code>: {esc(p['reason'])}</li>" for p in stats["report_problems"]) + "</ul>")
     if evaluation and evaluation.get("sets"):
         display = evaluation.get("display", {})
         side, limit = display.get("html_thumb", 160), display.get("html_max_images", 200)
@@ -287,12 +287,12 @@ def _html(stats: dict, notes: list[str], evaluation: dict | None, figures: list[
                      + esc(json.dumps(evaluation["parameters"])) + ".</p><table><tr><th class='l'>set</th>"
                      "<th class='l'>group</th>" + "".join(f"<th>{esc(c)}</th>" for c, _ in _METRIC_COLUMNS) + "</tr>")
         for name, group, summary in _metric_rows(evaluation):
-            parts.append(f"<tr><td class='l'>{esc(_SET_TITLES.get(name, name))}</td><td class='l'>{esc(group)}</td>"
-                         + "".join(f"<td>{_fmt(_value(summary, key))}</td>" for _, key in _METRIC_COLUMNS) + "</tr>")
+            parts.append(f"<tr><td class='l'>{esc(SET_TITLES.get(name, name))}</td><td class='l'>{esc(group)}</td>"
+                         + "".join(f"<td>{_fmt(metric_value(summary, key))}</td>" for _, key in _METRIC_COLUMNS) + "</tr>")
         parts.append("</table><img src='metrics.png' alt='metrics'>")
         for name, result in evaluation["sets"].items():
             images = result["images"]
-            parts.append(f"<h3>{esc(_SET_TITLES.get(name, name))}: per image"
+            parts.append(f"<h3>{esc(SET_TITLES.get(name, name))}: per image"
                          + (f" (first {limit} of {len(images)}; all in report.json)" if len(images) > limit else "")
                          + "</h3><div class='grid'>")
             for record in images[:limit]:

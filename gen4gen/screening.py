@@ -136,12 +136,13 @@ class Screening:
             "overridden_reasons": reasons if decision.review == "accept" else [],
         }
         if decision.review == "accept":
-            return CheckOutcome(True, [], outcome.scores, [])
+            return CheckOutcome(True, [], outcome.scores, [],
+                                outcome.warnings + [f"accepted in review over: {r}" for r in reasons])
         if decision.review == "reject":
             note = f" ({decision.review_note})" if decision.review_note else ""
             return CheckOutcome(False, reasons + [f"rejected in review ({self.overrides_file.name}){note}"],
-                                outcome.scores, codes + ["review_rejected"])
-        return CheckOutcome(not reasons, reasons, outcome.scores, codes)
+                                outcome.scores, codes + ["review_rejected"], outcome.warnings)
+        return CheckOutcome(not reasons, reasons, outcome.scores, codes, outcome.warnings)
 
 
 def _round(value):
@@ -163,7 +164,7 @@ def _candidates(registry: dict, config: PipelineConfig) -> list[Candidate]:
             path=paths.recoloured(built.composition) / built.recoloured["image"], caption=text,
             objects=[{"concept": o["concept"], "class_name": o["class_name"], "box": o["box"]}
                      for o in built.entry["objects"]],
-            geometric=check_image(built.entry["objects"], config.filter)))
+            geometric=check_image(built.entry["objects"], config.filter, config.recolour.backend)))
     return out
 
 

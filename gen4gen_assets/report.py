@@ -14,7 +14,7 @@ def _report(run):
     evaluation = run_evaluation(config, run.registry, config.paths.mycanvas, resources.clip.backend,
                                 resources.detector.backend, resources.dino.backend, log=run.context.log.info)
     stats = write_report(config.paths.mycanvas, run.out_dir, config.report, evaluation,
-                         thumbnail_cache=config.paths.build / ".cache" / "thumbnails")
+                         thumbnail_cache=config.paths.build / ".cache" / "thumbnails", data_dir=config.paths.data)
     for note in stats["not_computed"]:
         run.context.log.info(f"not computed: {note}")
     return StageResult({"stats": stats, "evaluation": {k: v["summary"] for k, v in evaluation["sets"].items()}},

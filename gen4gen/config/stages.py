@@ -321,4 +321,6 @@ class ReportConfig(Section):
     contact_sheet_thumb: Pixels = 192
     # The sheet shows the first images only (a sheet of thousands is unreadable).
     contact_sheet_max_images: Count = 96
+    # The rejected images' sheet: each kind of reason first, then in turn (all are in rejected.jsonl).
+    rejected_sheet_max_images: Count = 24
     metadata_thumbnails: NonNegativeCount = 8

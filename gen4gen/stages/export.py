@@ -124,6 +124,7 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
                          for o in entry["objects"]],
         }
         outcome = screening.apply(image_id, record, outcome)  # screening hook
+        record["warnings"] = outcome.warnings
         digest = built.recoloured["image_sha256"]
         if not outcome.accepted:
             rejected.append({**record, "source_image": data.relative(source), "source_sha256": digest,
@@ -155,6 +156,7 @@ def export_mycanvas(registry: dict, config: PipelineConfig, models=None, out_dir
     records.append(ArtifactRecord(str(out_dir / "rejected.jsonl"), rejected_sha, rejected_parents))
     stats = {"accepted": len(accepted), "rejected": len(rejected), "problems": problems,
              "photo_findings": _photo_findings(photo_uses),
+             "dropped_layouts": _dropped_layouts(registry, config),
              "compositions": len(registry["compositions"]),
              "composition_keys": sorted(c["key"] for c in registry["compositions"]),
              "left_out": dict(sorted((left_out or {}).items())),
@@ -170,6 +172,23 @@ def _photo_findings(uses: dict[str, list[list[dict]]]) -> list[dict]:
 
     return [{"photo": photo, **finding.to_dict()} for photo, found in sorted(uses.items())
             for finding in photo_findings(photo, [[Finding(**f) for f in use] for use in found])]
+
+
+def _dropped_layouts(registry: dict, config: PipelineConfig) -> dict[str, list[dict]]:
+    """Per composition, the layouts its planner dropped (index and reason), as its layouts manifest recorded them."""
+    from ..io import read_json
+    from .common import MANIFEST
+
+    dropped = {}
+    for comp in registry["compositions"]:
+        path = config.paths.layouts(comp["key"]) / MANIFEST
+        try:
+            found = read_json(path).get("dropped", []) if path.is_file() else []
+        except (OSError, ValueError, AttributeError):
+            continue  # the layouts stage reports its own damaged manifest; the stats only lose this line
+        if found:
+            dropped[comp["key"]] = found
+    return dict(sorted(dropped.items()))
 
 
 def _write_jsonl(path: Path, rows: list[dict], written: list[Path]) -> str:
