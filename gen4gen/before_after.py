@@ -12,6 +12,7 @@ functions on a temporary data folder (the demo's photos, nothing downloaded).
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import sys
 import tempfile
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         from .io import atomic_write_bytes
-        import io
 
         buffer = io.BytesIO()
         pair.save(buffer, format="JPEG", quality=82, optimize=True)

@@ -105,11 +105,28 @@ def training_set(config, registry: dict, run) -> TrainingSet:
                        composition_tokens)
 
 
+_ROWS_CACHE: dict[str, tuple[tuple[int, int, int], list[dict]]] = {}
+
+
 def _mycanvas_rows(folder: Path) -> list[dict]:
+    """The export's rows (not to be modified). A step asks for them several times (training set,
+    prompt slots, fingerprints of every run): parsed once while the file is unchanged; an
+    atomically replaced or edited file has another inode, size or mtime and is read again."""
     path = folder / "metadata.jsonl"
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return []
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _ROWS_CACHE.get(str(path))
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    _ROWS_CACHE.clear()  # one export at a time: keep memory to one file's rows
+    _ROWS_CACHE[str(path)] = (key, rows)
+    return rows
 
 
 # ------------------------------------------------------------------ sampling prompts

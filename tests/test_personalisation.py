@@ -203,3 +203,19 @@ def test_class_prior_images_from_a_folder_or_generated_once(tmp_path):
     again = class_prior_examples(generated, tset, base, "cpu")  # cached: nothing drawn again
     assert {e.image_path: e.image_path.stat().st_mtime_ns for e in again} == stamps
     assert config().training.class_priors == "none" and class_prior_examples(config(), tset, base, "cpu") == []
+
+
+def test_export_rows_are_parsed_once_and_read_again_when_the_file_changes(tmp_path, monkeypatch):
+    import gen4gen.personalisation as personalisation
+    from gen4gen.io import atomic_write_text
+
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(personalisation.json, "loads", lambda text: parsed.append(text) or real_loads(text))
+    atomic_write_text(tmp_path / "metadata.jsonl", '{"composition": "a+b"}\n{"composition": "b+c"}\n')
+    first = personalisation._mycanvas_rows(tmp_path)
+    assert personalisation._mycanvas_rows(tmp_path) is first and len(parsed) == 2
+    atomic_write_text(tmp_path / "metadata.jsonl", '{"composition": "a+c"}\n')  # a new export replaces the file
+    assert personalisation._mycanvas_rows(tmp_path) == [{"composition": "a+c"}] and len(parsed) == 3
+    (tmp_path / "metadata.jsonl").unlink()
+    assert personalisation._mycanvas_rows(tmp_path) == []
