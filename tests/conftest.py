@@ -79,3 +79,30 @@ def small_project(tmp_path, monkeypatch):
 
 def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared is not beside this checkout)")
+
+
+def build_template(root: Path) -> Path:
+    """A small project built once (Dagster, in process), for tests that each work on a copy."""
+    from dagster import DagsterInstance
+
+    from gen4gen_assets.definitions import build_definitions
+    from gen4gen_assets.runner import materialize_all
+
+    _, config_file = create_small_project(root)
+    summary = materialize_all(build_definitions(config_file=str(config_file)), DagsterInstance.ephemeral(),
+                              log=lambda *_: None)
+    assert not summary.failed, summary.failed
+    return root
+
+
+def copy_template(template: Path, target: Path) -> tuple[Path, Path]:
+    """A copy of a built template's data folder (modification times kept) and its configuration
+    pointing at the copy; returns (data, config_file). The data folder keeps no absolute path, so
+    the copy is a project of its own."""
+    import shutil
+
+    shutil.copytree(template / "data", target / "data", symlinks=True, copy_function=shutil.copy2)
+    config_file = target / "gen4gen.toml"
+    text = (template / "gen4gen.toml").read_text()
+    config_file.write_text(text.replace(str((template / "data").as_posix()), (target / "data").as_posix()))
+    return target / "data", config_file

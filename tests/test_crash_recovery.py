@@ -63,9 +63,19 @@ def _materialize(project: Project, crash_at: str | None = None) -> tuple[int, st
     return process.returncode, output
 
 
-def _changed_seed(base: Path) -> Project:
-    project = Project(base).setup()
-    project.build()
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory) -> Project:
+    """The small DVC-versioned project, set up and built once; each case works on a copy."""
+    base = tmp_path_factory.mktemp("built_once")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_dvc(base, monkeypatch)
+        project = Project(base).setup()
+        project.build()
+    return project
+
+
+def _changed_seed(built_once: Project, base: Path) -> Project:
+    project = Project.copied(built_once, base)
     text = project.config_file.read_text(encoding="utf-8")
     project.config_file.write_text(text.replace("seed = 3", "seed = 4"), encoding="utf-8")
     return project
@@ -88,11 +98,11 @@ def _export(project: Project) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(built_once, tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
     with pytest.MonkeyPatch.context() as monkeypatch:
         isolate_dvc(base, monkeypatch)
-        project = _changed_seed(base)
+        project = _changed_seed(built_once, base)
         began = time.perf_counter()
         code, output = _materialize(project)
         seconds = time.perf_counter() - began
@@ -118,9 +128,10 @@ def _assert_recovered(project: Project, reference: dict) -> None:
 
 @pytest.mark.parametrize("point", ["partition-staged", "dvc-commit", "dvc-commit:layouts", "publish",
                                    "build:evaluation_report"])
-def test_a_run_killed_at_a_named_point_is_finished_by_the_next(point, uninterrupted, tmp_path, monkeypatch, capsys):
+def test_a_run_killed_at_a_named_point_is_finished_by_the_next(point, built_once, uninterrupted, tmp_path, monkeypatch,
+                                                               capsys):
     isolate_dvc(tmp_path, monkeypatch)
-    project = _changed_seed(tmp_path)
+    project = _changed_seed(built_once, tmp_path)
     code, output = _materialize(project, crash_at=point)
     assert code == -signal.SIGKILL, f"the run was not killed at {point}:\n{output[-2000:]}"
     code, output = _materialize(project)
@@ -133,11 +144,11 @@ def test_a_run_killed_at_a_named_point_is_finished_by_the_next(point, uninterrup
     assert plan_code == 0 and "nothing to do" in capsys.readouterr().out
 
 
-def test_a_run_killed_at_a_random_moment_is_finished_by_the_next(uninterrupted, tmp_path, monkeypatch):
+def test_a_run_killed_at_a_random_moment_is_finished_by_the_next(built_once, uninterrupted, tmp_path, monkeypatch):
     isolate_dvc(tmp_path, monkeypatch)
     seed = int(os.environ.get("GEN4GEN_CRASH_SEED", time.time_ns() % 100_000))
     delay = random.Random(seed).uniform(0.2, uninterrupted[1])
-    project = _changed_seed(tmp_path)
+    project = _changed_seed(built_once, tmp_path)
     process = _start(project)
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)  # the command and any DVC process it started
@@ -150,11 +161,10 @@ def test_a_run_killed_at_a_random_moment_is_finished_by_the_next(uninterrupted, 
         raise AssertionError(f"GEN4GEN_CRASH_SEED={seed} (killed after {delay:.2f} s): {exc}") from exc
 
 
-def test_a_run_killed_during_segmentation_does_not_block_the_next(uninterrupted, tmp_path, monkeypatch):
+def test_a_run_killed_during_segmentation_does_not_block_the_next(built_once, tmp_path, monkeypatch):
     """The dead run keeps its `gpu` pool slot until the next `materialize` finds it dead and frees it."""
     isolate_dvc(tmp_path, monkeypatch)
-    project = Project(tmp_path).setup()
-    project.build()
+    project = Project.copied(built_once, tmp_path)
     make_concepts(project.data / "concepts", {"yellow_star": [("ellipse", (220, 220, 30))]})
     code, output = _materialize(project, crash_at="build:segmented_foregrounds")
     assert code == -signal.SIGKILL, output
@@ -171,11 +181,12 @@ def test_a_run_killed_during_segmentation_does_not_block_the_next(uninterrupted,
     assert any("yellow_star" in row["composition"] for row in _export(project)["metadata"])
 
 
-def test_a_file_edited_before_its_pending_dvc_commit_is_never_versioned(uninterrupted, tmp_path, monkeypatch):
+def test_a_file_edited_before_its_pending_dvc_commit_is_never_versioned(built_once, uninterrupted, tmp_path,
+                                                                          monkeypatch):
     import hashlib
 
     isolate_dvc(tmp_path, monkeypatch)
-    project = _changed_seed(tmp_path)
+    project = _changed_seed(built_once, tmp_path)
     code, output = _materialize(project, crash_at="dvc-commit:layouts")
     assert code == -signal.SIGKILL, output
     pending = sorted(m.name for m in (project.data / "build/.state/dvc_pending").iterdir())
@@ -193,13 +204,12 @@ def test_a_file_edited_before_its_pending_dvc_commit_is_never_versioned(uninterr
     _assert_recovered(project, uninterrupted[0])
 
 
-def test_a_byte_edited_exported_image_is_restored_and_never_versioned(tmp_path, monkeypatch):
+def test_a_byte_edited_exported_image_is_restored_and_never_versioned(built_once, tmp_path, monkeypatch):
     """The DVC cache is hard-linked to the data, so an in-place edit reaches the cached object too."""
     import hashlib
 
     isolate_dvc(tmp_path, monkeypatch)
-    project = Project(tmp_path).setup()
-    project.build()
+    project = Project.copied(built_once, tmp_path)
     image = sorted((project.data / "mycanvas").glob("*.png"))[0]
     original = image.read_bytes()
     with open(image, "r+b") as handle:  # in place, same size

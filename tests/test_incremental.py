@@ -14,7 +14,7 @@ from gen4gen_assets.definitions import build_definitions, build_resources
 from gen4gen_assets.runner import materialize_all
 from gen4gen_assets.sensors import concept_folder_sensor
 
-from .conftest import make_concepts, object_photo
+from .conftest import build_template, copy_template, make_concepts, object_photo
 
 
 def _snapshot(data: Path) -> dict[str, tuple[bytes, int]]:
@@ -34,9 +34,16 @@ def _exported(data: Path) -> dict[str, dict]:
     return {r["image_id"]: r for r in rows}
 
 
+@pytest.fixture(scope="module")
+def built_template(tmp_path_factory):
+    """One small dataset built once; every test works on its own copy (a fresh instance, as after a restart)."""
+    return build_template(tmp_path_factory.mktemp("template"))
+
+
 @pytest.fixture
-def built(small_project):
-    _, data, config_file = small_project
+def built(small_project, built_template):
+    tmp_path = small_project[0]
+    data, config_file = copy_template(built_template, tmp_path / "copy")
     instance = DagsterInstance.ephemeral()
     defs = build_definitions(config_file=str(config_file))
     summary = materialize_all(defs, instance, log=lambda *_: None, incremental=True)

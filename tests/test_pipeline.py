@@ -14,6 +14,8 @@ from gen4gen.io import sha256_file
 from gen4gen_assets.definitions import build_definitions
 from gen4gen_assets.runner import materialize_all
 
+from .conftest import copy_template, create_small_project
+
 EXPECTED_ASSETS = {"concept_images", "segmented_foregrounds", "layouts", "composed_images", "recoloured_images",
                    "captions", "mycanvas", "evaluation_report"}
 
@@ -24,12 +26,17 @@ def _build(config_file: Path):
     return instance, summary
 
 
-@pytest.fixture
-def built_project(small_project):
-    tmp_path, data, config_file = small_project
-    instance, summary = _build(config_file)
+@pytest.fixture(scope="module")
+def built_project(tmp_path_factory):
+    """One build for the module's tests, which only read it (a test that changes files works on a copy)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("GEN4GEN_CONFIG", "GEN4GEN_DATA_DIR", "GEN4GEN_PROFILE"):
+            patch.delenv(name, raising=False)
+        data, config_file = create_small_project(root)
+        instance, summary = _build(config_file)
     assert not summary.failed, summary.failed
-    return tmp_path, data, config_file, instance
+    return root, data, config_file, instance
 
 
 def _rows(path: Path) -> list[dict]:
@@ -163,12 +170,12 @@ def test_single_asset_materialises_with_dagster_materialize(small_project):
     assert not (data / "build/segmented/red_ball").exists()
 
 
-def test_export_check_catches_a_changed_image_even_after_a_clean_check(built_project):
+def test_export_check_catches_a_changed_image_even_after_a_clean_check(built_project, small_project):
     """The asset check hashes only files changed since its last run, and still catches a change."""
     from gen4gen_assets.definitions import build_resources
     from gen4gen_assets.mycanvas import mycanvas_files_match_metadata
 
-    _, data, config_file, _ = built_project
+    data, config_file = copy_template(built_project[0], small_project[0] / "copy")
     settings = build_resources(config_file=str(config_file))["settings"]
     assert mycanvas_files_match_metadata(settings=settings).passed
     row = _rows(data / "mycanvas/metadata.jsonl")[0]

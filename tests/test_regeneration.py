@@ -11,9 +11,8 @@ from dagster import DagsterInstance
 from gen4gen.cli import main as cli
 from gen4gen.concepts import load_registry
 from gen4gen_assets.definitions import build_definitions
-from gen4gen_assets.runner import materialize_all
 
-from .conftest import create_small_project
+from .conftest import build_template, copy_template, create_small_project
 
 QUIET = {"log": lambda *_: None}
 
@@ -36,23 +35,15 @@ def _export(data: Path) -> tuple[dict[str, bytes], str, str]:
 @pytest.fixture(scope="module")
 def built_template(tmp_path_factory):
     """One small dataset built once; every test works on its own copy."""
-    root = tmp_path_factory.mktemp("template")
-    data, config_file = create_small_project(root)
-    summary = materialize_all(build_definitions(config_file=str(config_file)), DagsterInstance.ephemeral(), **QUIET)
-    assert not summary.failed, summary.failed
-    return root
+    return build_template(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture
 def project(built_template, tmp_path, monkeypatch):
     monkeypatch.delenv("GEN4GEN_PROFILE", raising=False)
     monkeypatch.delenv("GEN4GEN_CONFIG", raising=False)
-    shutil.copytree(built_template / "data", tmp_path / "data", symlinks=True, copy_function=shutil.copy2)
-    config_file = tmp_path / "gen4gen.toml"
-    text = (built_template / "gen4gen.toml").read_text()
-    config_file.write_text(text.replace(str((built_template / "data").as_posix()), (tmp_path / "data").as_posix()))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    return tmp_path / "data", config_file
+    return copy_template(built_template, tmp_path)
 
 
 def _with(config_file: Path, section: str, line: str) -> None:

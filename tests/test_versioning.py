@@ -72,6 +72,24 @@ class Project:
             encoding="utf-8")
         self.instance = DagsterInstance.ephemeral()
 
+    @classmethod
+    def copied(cls, template: "Project", base: Path) -> "Project":
+        """A copy of a set-up (and possibly built) project under ``base``: its git and DVC repository,
+        data and remote. Only the configuration and DVC's local settings name the folder. `cp -a`
+        keeps the hard links between the data and DVC's cache, as DVC made them."""
+        project = cls.__new__(cls)
+        project.root, project.data, project.remote = base / "repo", base / "repo" / "data", base / "remote"
+        base.mkdir(parents=True, exist_ok=True)
+        sources = [str(template.root)] + ([str(template.remote)] if template.remote.exists() else [])
+        subprocess.run(["cp", "-a", *sources, str(base)], check=True)
+        project.config_file = project.root / "gen4gen.toml"
+        for path in (project.config_file, project.root / ".dvc" / "config.local"):
+            if path.is_file():
+                path.write_text(path.read_text(encoding="utf-8").replace(str(template.root.parent), str(base)),
+                                encoding="utf-8")
+        project.instance = DagsterInstance.ephemeral()
+        return project
+
     @property
     def config(self):
         return load_config(self.config_file)
