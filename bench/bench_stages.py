@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +131,11 @@ def main() -> int:
         print(f"{len(subjects)} DreamBooth concepts x {args.photos} photos, {len(compositions)} compositions x "
               f"{args.images} images at {config.composition.canvas_size}px; accepted {exported['accepted']}, "
               f"rejected {exported['rejected']}")
+        rejected_rows = [json.loads(line) for line in (paths.mycanvas / "rejected.jsonl").read_text().splitlines() if line]
+        codes = Counter(code for row in rejected_rows for code in set(row["reason_codes"]))
+        print("rejection reasons (images):", ", ".join(f"{c} {n}" for c, n in codes.most_common()) or "none")
+        for finding in exported.get("photo_findings", []):
+            print(f"  photo to replace: {finding['photo']} ({finding['code']}, {finding['value']})")
         print(f"{'stage':<14}{'items':>7}{'seconds':>10}{'items/s':>10}")
         for stage, row in timings.items():
             rate = row["items"] / row["seconds"] if row["seconds"] else float("inf")

@@ -185,6 +185,9 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     assert len(list(tmp_path.glob("w*/part*/" + JOURNAL_NAME))) == journals
 
 
+STEP_TIMEOUT_S = 300
+
+
 def _segment_one_concept(args):
     """One concept's segmentation step, in a process of its own (as Dagster's multiprocess executor runs it)."""
     config_file, home, key = args
@@ -202,8 +205,13 @@ def test_four_dagster_steps_in_parallel_processes(small_project):
     catalogue = build_definitions(config_file=str(config_file)).resolve_job_def("catalogue_concepts")
     assert catalogue.execute_in_process(instance=DagsterInstance.from_config(str(home))).success
     keys = ["blue_box", "green_cone", "red_ball", "yellow_star"]
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_segment_one_concept, [(str(config_file), str(home), k) for k in keys])
+    # Not multiprocessing.Pool: its map waits for ever when a worker process goes away (seen once
+    # in a full run); an executor says so, and the timeout turns any other hang into a failure.
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_segment_one_concept, (str(config_file), str(home), k)) for k in keys]
+        results = [future.result(timeout=STEP_TIMEOUT_S) for future in futures]
     assert all(ok for _, ok in results), results
     # Every output file has one row; the partition's bookkeeping (its journal, its fingerprint) has none.
     on_disk = [p for p in (data / "build/segmented").rglob("*")
