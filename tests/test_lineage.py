@@ -205,8 +205,9 @@ def test_four_dagster_steps_in_parallel_processes(small_project):
     catalogue = build_definitions(config_file=str(config_file)).resolve_job_def("catalogue_concepts")
     assert catalogue.execute_in_process(instance=DagsterInstance.from_config(str(home))).success
     keys = ["blue_box", "green_cone", "red_ball", "yellow_star"]
-    # Not multiprocessing.Pool: its map waits for ever when a worker process goes away (seen once
-    # in a full run); an executor says so, and the timeout turns any other hang into a failure.
+    # Not multiprocessing.Pool: leaving its `with` block calls terminate(), which once waited for
+    # ever (every step had succeeded; two workers had taken their stop sentinel, the third was
+    # blocked reading the task queue). The timeout turns any other hang into a failure.
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
