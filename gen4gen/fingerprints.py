@@ -73,7 +73,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               ("report", "evaluation", "clip", "detector", "dino"),
               ("clip.batch_size", "clip.device", "detector.batch_size", "detector.device", "dino.batch_size",
                "dino.device"),
-              ("report.py", "evaluation.py", "metrics.py", "report_models.py")),
+              ("report.py", "evaluation.py", "metrics.py", "report_models.py", "report_plots.py", "report_sheets.py",
+               "thumbnails.py")),
 )}
 
 
